@@ -1,0 +1,277 @@
+"""The one configuration system: frozen dataclasses, loaded from YAML, overridden with --set.
+
+A YAML file lists only what differs from the defaults below. Values are validated (unknown keys,
+wrong types, invalid choices) before any work starts, and every error names the key and what is
+allowed, e.g. ``unknown key 'trian' (did you mean 'train'?); valid keys: data, model, ...``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+from clda_deploy.models.presets import ENCODER_PRESETS, HEAD_NAMES
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and how to fix it."""
+
+
+def _choices(*values: Any) -> dict[str, Any]:
+    return {"choices": tuple(values)}
+
+
+DATASET_FORMATS = ("gta5", "synthia", "cityscapes", "folder")
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    format: str = field(default="gta5", metadata=_choices(*DATASET_FORMATS))
+    root: str = "data/synthcity/source"
+    # Cityscapes split folder (train/val/test); the other formats have a single split.
+    split: str = "train"
+    # [height, width] every image is resized to before cropping; null keeps the native size.
+    # DAFormer: GTA5 [720, 1280], Synthia [760, 1280], Cityscapes [512, 1024].
+    resize: Optional[tuple[int, int]] = None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: DatasetConfig = DatasetConfig()
+    target: DatasetConfig = DatasetConfig(format="cityscapes", root="data/synthcity/target")
+    val: DatasetConfig = DatasetConfig(format="cityscapes", root="data/synthcity/target", split="val")
+    crop: tuple[int, int] = (256, 256)  # [height, width]; DAFormer uses 512x512 on real data
+    cat_max_ratio: float = 0.75  # DAFormer/mmseg: re-draw crops where one class covers > 75%
+    flip: bool = True
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    encoder: str = field(default="mit_cpu_teacher", metadata=_choices(*ENCODER_PRESETS))
+    head: str = field(default="daformer", metadata=_choices(*HEAD_NAMES))
+    num_classes: int = 19
+    head_channels: int = 256  # DAFormer's fusion width
+    # Local weights file (timm pvt_v2 or SegFormer mit_bX.pth naming) or "timm:<hub name>".
+    pretrained: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    iters: int = 40000  # DAFormer
+    batch_size: int = 2  # per domain: 2 source + 2 target (DAFormer)
+    lr: float = 6e-5  # AdamW, head x10 (DAFormer)
+    weight_decay: float = 0.01
+    warmup_iters: int = 1500
+    eval_every: int = 4000
+    checkpoint_every: int = 4000
+    log_every: int = 50
+    seed: int = 0
+    device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
+    amp: bool = True  # mixed precision on CUDA only (bf16 where supported, else fp16)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    mode: str = field(default="whole", metadata=_choices("whole", "slide"))
+    crop: tuple[int, int] = (512, 512)  # sliding-window size [h, w] (mode: slide)
+    stride: tuple[int, int] = (341, 341)  # sliding-window stride [h, w]; DAFormer uses 2/3 overlap
+    batch_size: int = 1
+    num_classes_reported: int = field(default=19, metadata=_choices(19, 16, 13))
+    max_images: Optional[int] = None  # evaluate on the first N images only
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+# ---------------------------------------------------------------------------------------------
+# Building a validated config from plain data
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        return f"a list of {len(args)} {_type_name(args[0])}s"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against annotation ``tp``; return it in canonical form (lists -> tuples)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {[f.name for f in dataclasses.fields(tp)]}, got {value!r}")
+        return _build(tp, value, key + ".")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp in (bool, str):
+        if not isinstance(value, tp):
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} for {key}")  # internal
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        key = prefix + str(name)
+        if name not in fields:
+            hint = difflib.get_close_matches(str(name), fields, n=1)
+            suggestion = f" (did you mean '{prefix}{hint[0]}'?)" if hint else ""
+            raise ConfigError(f"unknown key '{key}'{suggestion}; valid keys: {', '.join(fields)}")
+        converted = _convert(value, hints[name], key)
+        choices = fields[name].metadata.get("choices")
+        if choices is not None and converted not in choices:
+            raise ConfigError(f"{key}: {converted!r} is not a valid choice; choose one of {list(choices)}")
+        kwargs[name] = converted
+    return cls(**kwargs)
+
+
+def _check_values(cfg: Config) -> None:
+    """Cross-field and range checks that types alone cannot express."""
+    positive = {
+        "data.crop": cfg.data.crop, "eval.crop": cfg.eval.crop, "eval.stride": cfg.eval.stride,
+        "train.iters": (cfg.train.iters,), "train.batch_size": (cfg.train.batch_size,),
+        "eval.batch_size": (cfg.eval.batch_size,), "model.num_classes": (cfg.model.num_classes,),
+        "model.head_channels": (cfg.model.head_channels,),
+    }  # fmt: skip
+    for key, values in positive.items():
+        if any(v <= 0 for v in values):
+            raise ConfigError(f"{key}: must be positive, got {list(values)}")
+    for name in ("source", "target", "val"):
+        resize = getattr(cfg.data, name).resize
+        if resize is not None and min(resize) <= 0:
+            raise ConfigError(f"data.{name}.resize: must be positive [height, width], got {list(resize)}")
+    if not 0.0 < cfg.data.cat_max_ratio <= 1.0:
+        raise ConfigError(f"data.cat_max_ratio: must be in (0, 1], got {cfg.data.cat_max_ratio}")
+    if cfg.train.lr <= 0:
+        raise ConfigError(f"train.lr: must be positive, got {cfg.train.lr}")
+    for key in ("warmup_iters", "eval_every", "checkpoint_every", "log_every"):
+        if getattr(cfg.train, key) < 0:
+            raise ConfigError(f"train.{key}: must be >= 0, got {getattr(cfg.train, key)}")
+    if cfg.data.workers < 0:
+        raise ConfigError(f"data.workers: must be >= 0, got {cfg.data.workers}")
+    if cfg.eval.max_images is not None and cfg.eval.max_images <= 0:
+        raise ConfigError(f"eval.max_images: must be positive or null, got {cfg.eval.max_images}")
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Validate a nested mapping (as read from YAML or a checkpoint) into a frozen Config."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
+    cfg = _build(Config, data)
+    _check_values(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (tuples as lists), suitable for YAML and JSON."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``["a.b=1", "c=[1, 2]"]`` -> nested dict; each value is parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value pairs like train.iters=100, got {pair!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r} as YAML: {exc}") from None
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: '{part}' is set both as a value and as a section")
+        node[parts[-1]] = value
+    return nested
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; ``update`` wins."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(
+    yaml_path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> Config:
+    """Defaults <- ``base`` (e.g. a checkpoint's config) <- YAML file <- ``--set`` overrides."""
+    data = dict(base or {})
+    if yaml_path is not None:
+        data = merge(data, read_yaml(yaml_path))
+    try:
+        return config_from_dict(merge(data, parse_overrides(overrides)))
+    except ConfigError as exc:
+        where = f" (in {yaml_path})" if yaml_path is not None else ""
+        raise ConfigError(f"{exc}{where}") from None
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
