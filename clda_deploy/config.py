@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Union
 
 import yaml
 
@@ -40,7 +40,7 @@ class DatasetConfig:
     split: str = "train"
     # [height, width] every image is resized to before cropping; null keeps the native size.
     # DAFormer: GTA5 [720, 1280], Synthia [760, 1280], Cityscapes [512, 1024].
-    resize: Optional[tuple[int, int]] = None
+    resize: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class ModelConfig:
     num_classes: int = 19
     head_channels: int = 256  # DAFormer's fusion width
     # Local weights file (timm pvt_v2 or SegFormer mit_bX.pth naming) or "timm:<hub name>".
-    pretrained: Optional[str] = None
+    pretrained: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,31 @@ class TrainConfig:
     seed: int = 0
     device: str = field(default="auto", metadata=_choices("auto", "cpu", "cuda"))
     amp: bool = True  # mixed precision on CUDA only (bf16 where supported, else fp16)
+    head_lr_mult: float = 10.0  # DAFormer: decode head lr x10
+    warmup_ratio: float = 1e-6  # mmcv linear warmup starts at lr * warmup_ratio
+    poly_power: float = 1.0  # DAFormer: poly(1.0) decay after warmup
+    grad_clip: float | None = None  # max gradient norm; null = off (DAFormer: off)
+    progress: bool = True  # tqdm bar (loss, lr, it/s, ETA)
+
+
+@dataclass(frozen=True)
+class UDAConfig:
+    # daformer: self-training with an EMA teacher; source_only / oracle: the baselines of
+    # docs/results.md (oracle trains on target-train labels, which UDA never reads).
+    mode: str = field(default="daformer", metadata=_choices("daformer", "source_only", "oracle"))
+    ema_alpha: float = 0.999  # DAFormer: alpha_t = min(1 - 1/(t+1), 0.999)
+    pseudo_threshold: float = 0.968  # DAFormer: q = share of pixels with max prob >= 0.968
+    ignore_top: int = 15  # DAFormer (512 crops): pseudo-weight 0 in the top 15 rows ...
+    ignore_bottom: int = 120  # ... and the bottom 120 rows; scaled to the crop height
+    classmix: bool = True
+    color_jitter: float = 0.2  # DAFormer strong augmentation on mixed images: strength 0.2 ...
+    color_jitter_p: float = 0.8  # ... with probability 0.8
+    blur_p: float = 0.5  # Gaussian blur, sigma in [0.15, 1.15], probability 0.5
+    rcs: bool = True  # rare class sampling on the source
+    rcs_temperature: float = 0.01  # DAFormer: P(c) ~ exp((1 - f_c) / 0.01)
+    rcs_min_pixels: int = 3000  # images with > 3000 pixels of c (at 1280x720, scaled)
+    rcs_min_crop_pixels: int = 1500  # crops with > 1500 pixels of c (at 1280x720, scaled)
+    imnet_feature_dist: float = 0.005  # DAFormer lambda; active only with a pretrained encoder
 
 
 @dataclass(frozen=True)
@@ -86,7 +111,7 @@ class EvalConfig:
     stride: tuple[int, int] = (341, 341)  # sliding-window stride [h, w]; DAFormer uses 2/3 overlap
     batch_size: int = 1
     num_classes_reported: int = field(default=19, metadata=_choices(19, 16, 13))
-    max_images: Optional[int] = None  # evaluate on the first N images only
+    max_images: int | None = None  # evaluate on the first N images only
 
 
 @dataclass(frozen=True)
@@ -95,6 +120,7 @@ class Config:
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    uda: UDAConfig = UDAConfig()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,7 +162,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
-        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
@@ -162,6 +188,11 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
             hint = difflib.get_close_matches(str(name), fields, n=1)
             suggestion = f" (did you mean '{prefix}{hint[0]}'?)" if hint else ""
             raise ConfigError(f"unknown key '{key}'{suggestion}; valid keys: {', '.join(fields)}")
+        default = fields[name].default
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            # A partial section (e.g. data.target: {root: X}) starts from the parent's default
+            # instance (format cityscapes), not from the section class's own defaults.
+            value = merge(config_to_dict(default), value)
         converted = _convert(value, hints[name], key)
         choices = fields[name].metadata.get("choices")
         if choices is not None and converted not in choices:
@@ -192,6 +223,10 @@ def _check_values(cfg: Config) -> None:
     for key in ("warmup_iters", "eval_every", "checkpoint_every", "log_every"):
         if getattr(cfg.train, key) < 0:
             raise ConfigError(f"train.{key}: must be >= 0, got {getattr(cfg.train, key)}")
+    if not 0.0 <= cfg.uda.ema_alpha < 1.0:
+        raise ConfigError(f"uda.ema_alpha: must be in [0, 1), got {cfg.uda.ema_alpha}")
+    if not 0.0 < cfg.uda.pseudo_threshold <= 1.0:
+        raise ConfigError(f"uda.pseudo_threshold: must be in (0, 1], got {cfg.uda.pseudo_threshold}")
     if cfg.data.workers < 0:
         raise ConfigError(f"data.workers: must be >= 0, got {cfg.data.workers}")
     if cfg.eval.max_images is not None and cfg.eval.max_images <= 0:

@@ -1,0 +1,21 @@
+# Serving image for edge/cloud GPUs: CUDA runtime + ONNX Runtime GPU + TensorRT.
+# Build:  docker build -t clda-deploy .
+# Run:    docker run --gpus all -p 8000:8000 -v $PWD/runs/default/export:/models clda-deploy
+FROM nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+
+ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-pip \
+ && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY clda_deploy ./clda_deploy
+COPY serving ./serving
+RUN pip install ".[serve,gpu]"
+
+ENV CLDA_MODELS=/models CLDA_HOST=0.0.0.0 CLDA_PORT=8000
+EXPOSE 8000
+CMD ["python", "-m", "serving", "--models", "/models", "--host", "0.0.0.0", "--port", "8000"]

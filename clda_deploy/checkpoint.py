@@ -1,0 +1,152 @@
+"""Model files: safetensors weights with the resolved config inside, written atomically.
+
+``model.safetensors`` carries metadata ``clda_config`` (the resolved config as JSON) and
+``clda_role`` (teacher/student/...), so ``load_segmenter(path)`` rebuilds the model from the file
+alone. Every write goes to a temporary file in the same folder, is fsynced, then renamed, so a
+crash never leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from clda_deploy.config import Config, ConfigError, config_from_dict, config_to_dict
+
+if TYPE_CHECKING:
+    from clda_deploy.models.segmenter import Segmenter
+
+CONFIG_KEY = "clda_config"
+ROLE_KEY = "clda_role"
+FORMAT_KEY = "clda_format"
+FORMAT_VERSION = "1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read or written; the message names the file and the problem."""
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)``, fsync, then rename onto ``path``; the temp file never survives."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}") from None
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as stream:
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_model(
+    path: str | Path, model: torch.nn.Module, config: Config, role: str, extra: dict[str, str] | None = None
+) -> Path:
+    """Write ``model``'s weights with ``config`` and ``role`` in the safetensors metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
+    metadata = {
+        CONFIG_KEY: json.dumps(config_to_dict(config)),
+        ROLE_KEY: role,
+        FORMAT_KEY: FORMAT_VERSION,
+        **(extra or {}),
+    }
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The safetensors header metadata, with clear errors for missing or corrupt files."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
+
+
+def read_config(path: str | Path) -> Config:
+    """The resolved config stored in a model file."""
+    metadata = read_metadata(path)
+    if CONFIG_KEY not in metadata:
+        raise CheckpointError(
+            f"{path} has no '{CONFIG_KEY}' metadata: it was not written by clda-deploy, so the model "
+            "cannot be rebuilt from it (train with `python -m training ...` or re-save with save_model)"
+        )
+    try:
+        return config_from_dict(json.loads(metadata[CONFIG_KEY]))
+    except (json.JSONDecodeError, ConfigError) as exc:
+        raise CheckpointError(f"{path}: the embedded config is invalid: {exc}") from None
+
+
+def read_role(path: str | Path) -> str:
+    """The role written with the weights (``teacher``, ``student``, ...), ``model`` if absent."""
+    return read_metadata(path).get(ROLE_KEY, "model")
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read the weights ({exc}); the file may be truncated") from None
+
+
+def load_weights_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``load_state_dict(strict=True)`` with a message listing missing/unexpected/mismatched keys."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape-mismatched", mismatched)):
+            if keys:
+                parts.append(f"{len(keys)} {label} keys (e.g. {', '.join(keys[:5])})")
+        raise CheckpointError(f"{source} does not match the model its config describes: {'; '.join(parts)}")
+    model.load_state_dict(state, strict=True)
+
+
+def build_from_config(config: Config) -> Segmenter:
+    """A randomly initialised segmenter as ``config.model`` describes (no pretrained download)."""
+    from clda_deploy.models.segmenter import build_segmenter
+
+    model_cfg = config.model
+    return build_segmenter(
+        model_cfg.encoder,
+        head=model_cfg.head,
+        num_classes=model_cfg.num_classes,
+        head_channels=model_cfg.head_channels,
+    )
+
+
+def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> Segmenter:
+    """Rebuild the segmenter of a ``model.safetensors`` file alone, in eval mode on ``device``."""
+    config = read_config(path)
+    model = build_from_config(config)
+    load_weights_strict(model, load_state_dict(path), str(path))
+    return model.to(device).eval()
+
+
+def save_torch(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Atomically ``torch.save`` a resume state (optimizer, RNG, ...)."""
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))

@@ -1,0 +1,154 @@
+"""SynthCity domain styles: what makes the "game" source and the "street" target look different.
+
+A style changes appearance and camera, never the label semantics. The knobs are numbers and colour
+tables in one frozen dataclass so that ``interpolate_style`` can move continuously between the two
+domains; ``gap`` = 0 renders the target with the source style, 1 with the default target style.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+
+Color = tuple[int, int, int]
+
+MATERIALS_PER_CLASS = 4  # colour variants per class; a scene draws each instance from them
+
+
+@dataclass(frozen=True)
+class DomainStyle:
+    """Appearance and camera knobs of one domain (ranges are sampled uniformly per image)."""
+
+    name: str
+    palette: tuple[tuple[Color, ...], ...]  # [19 classes][MATERIALS_PER_CLASS] RGB
+    window_color: Color
+    tyre_color: Color
+    skin_color: Color
+    marking_color: Color
+    trunk_color: Color
+    haze_color: Color
+    color_jitter: float  # per-instance colour variation, in 0..255 units
+    texture_strength: float  # amplitude of the procedural materials (bricks, asphalt, foliage, ...)
+    illumination_gradient: float  # brightness change across the image, fraction of the mean
+    shadow_strength: float  # darkening of cast shadows and of the shaded side of the street
+    haze: float  # blend weight toward haze_color at the horizon
+    noise_sigma: float  # sensor noise, 0..255 units
+    blur_sigma: float  # optical blur in pixels
+    jpeg_quality_range: tuple[int, int]  # 100 disables JPEG
+    horizon_range: tuple[float, float]  # horizon row as a fraction of the height
+    camera_height_range: tuple[float, float]  # metres above the road
+    object_scale_range: tuple[float, float]  # multiplies vehicle and pedestrian sizes
+    traffic_density: float  # multiplies expected numbers of vehicles and people
+
+
+def _rgb(*colors: Color) -> tuple[Color, ...]:
+    return tuple(colors)
+
+
+# fmt: off
+SOURCE_STYLE = DomainStyle(
+    name="source",
+    palette=(
+        _rgb((60, 62, 96), (68, 70, 108), (56, 58, 86), (74, 72, 112)),  # road: dark blue-grey
+        _rgb((228, 176, 140), (236, 190, 150), (214, 160, 120), (240, 200, 166)),  # sidewalk
+        _rgb((236, 204, 120), (214, 120, 90), (128, 176, 216), (226, 150, 176)),  # building
+        _rgb((186, 186, 80), (168, 146, 70), (206, 206, 112), (176, 166, 92)),  # wall
+        _rgb((214, 84, 40), (190, 64, 30), (230, 110, 54), (200, 96, 64)),  # fence
+        _rgb((200, 204, 226), (214, 214, 232), (186, 192, 218), (226, 226, 240)),  # pole
+        _rgb((246, 206, 0), (236, 186, 0), (250, 220, 40), (230, 196, 20)),  # traffic light
+        _rgb((255, 40, 40), (40, 84, 255), (255, 222, 0), (250, 250, 250)),  # traffic sign
+        _rgb((40, 200, 40), (62, 184, 30), (30, 164, 62), (84, 214, 52)),  # vegetation
+        _rgb((164, 226, 80), (184, 206, 60), (144, 204, 92), (174, 234, 104)),  # terrain
+        _rgb((70, 152, 255), (90, 172, 250), (60, 132, 242), (100, 182, 255)),  # sky
+        _rgb((255, 60, 60), (60, 60, 255), (255, 204, 0), (0, 204, 124)),  # person
+        _rgb((255, 124, 0), (204, 0, 204), (0, 222, 222), (255, 0, 124)),  # rider
+        _rgb((224, 24, 24), (24, 84, 224), (242, 242, 242), (250, 204, 0)),  # car
+        _rgb((244, 124, 0), (24, 154, 64), (204, 204, 226), (134, 64, 164)),  # truck
+        _rgb((255, 222, 0), (0, 164, 232), (232, 44, 44), (44, 204, 84)),  # bus
+        _rgb((0, 204, 204), (232, 0, 124), (124, 224, 0), (255, 144, 0)),  # train
+        _rgb((255, 0, 255), (0, 255, 184), (255, 84, 0), (44, 44, 255)),  # motorcycle
+        _rgb((0, 232, 84), (255, 0, 84), (0, 184, 255), (255, 164, 0)),  # bicycle
+    ),
+    window_color=(150, 222, 255), tyre_color=(34, 30, 40), skin_color=(255, 204, 164),
+    marking_color=(255, 255, 255), trunk_color=(134, 84, 30), haze_color=(226, 238, 255),
+    color_jitter=10.0, texture_strength=0.04, illumination_gradient=0.0, shadow_strength=0.0,
+    haze=0.08, noise_sigma=0.0, blur_sigma=0.0, jpeg_quality_range=(100, 100),
+    horizon_range=(0.36, 0.44), camera_height_range=(1.2, 1.5), object_scale_range=(1.0, 1.25),
+    traffic_density=1.0,
+)
+
+TARGET_STYLE = DomainStyle(
+    name="target",
+    palette=(
+        _rgb((132, 124, 112), (142, 134, 120), (120, 114, 106), (152, 142, 128)),  # road: warm asphalt
+        _rgb((162, 160, 156), (150, 146, 138), (176, 170, 160), (140, 136, 132)),  # sidewalk: concrete
+        _rgb((150, 92, 72), (120, 118, 116), (176, 160, 136), (96, 90, 88)),  # building: brick, concrete
+        _rgb((138, 134, 124), (112, 108, 100), (160, 150, 136), (96, 96, 92)),  # wall
+        _rgb((110, 120, 96), (96, 84, 70), (140, 140, 136), (80, 90, 80)),  # fence
+        _rgb((72, 78, 72), (90, 90, 94), (60, 64, 62), (104, 104, 100)),  # pole
+        _rgb((34, 34, 36), (44, 48, 44), (28, 28, 30), (56, 56, 52)),  # traffic light
+        _rgb((168, 62, 56), (50, 80, 150), (196, 170, 64), (196, 196, 190)),  # traffic sign
+        _rgb((62, 82, 40), (76, 96, 50), (50, 70, 46), (90, 100, 60)),  # vegetation: dark olive
+        _rgb((122, 112, 80), (110, 120, 70), (132, 116, 90), (100, 106, 76)),  # terrain: dry grass
+        _rgb((198, 204, 212), (180, 190, 202), (214, 214, 220), (168, 184, 206)),  # sky: overcast
+        _rgb((42, 42, 52), (72, 62, 56), (62, 72, 92), (102, 96, 90)),  # person: dark clothes
+        _rgb((52, 52, 46), (82, 42, 42), (42, 62, 42), (122, 112, 100)),  # rider
+        _rgb((62, 62, 66), (152, 152, 156), (32, 36, 52), (112, 32, 32)),  # car
+        _rgb((182, 182, 176), (92, 102, 112), (62, 72, 62), (142, 122, 92)),  # truck
+        _rgb((202, 192, 172), (82, 122, 152), (162, 62, 52), (212, 212, 206)),  # bus
+        _rgb((152, 152, 162), (192, 172, 102), (102, 112, 122), (172, 52, 52)),  # train
+        _rgb((42, 42, 42), (72, 72, 76), (92, 32, 32), (32, 32, 62)),  # motorcycle
+        _rgb((30, 30, 34), (92, 40, 40), (40, 52, 82), (112, 112, 108)),  # bicycle
+    ),
+    window_color=(52, 62, 72), tyre_color=(20, 20, 20), skin_color=(182, 142, 122),
+    marking_color=(204, 204, 192), trunk_color=(82, 66, 52), haze_color=(204, 208, 212),
+    color_jitter=14.0, texture_strength=0.32, illumination_gradient=0.35, shadow_strength=0.45,
+    haze=0.35, noise_sigma=5.0, blur_sigma=0.7, jpeg_quality_range=(40, 75),
+    horizon_range=(0.44, 0.52), camera_height_range=(1.9, 2.3), object_scale_range=(0.8, 1.0),
+    traffic_density=1.3,
+)
+# fmt: on
+
+# Valid range of every numeric knob; interpolation with gap > 1 extrapolates and is clamped here.
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "color_jitter": (0.0, 60.0),
+    "texture_strength": (0.0, 0.8),
+    "illumination_gradient": (0.0, 0.8),
+    "shadow_strength": (0.0, 0.85),
+    "haze": (0.0, 0.8),
+    "noise_sigma": (0.0, 40.0),
+    "blur_sigma": (0.0, 3.0),
+    "jpeg_quality_range": (5, 100),
+    "horizon_range": (0.2, 0.7),
+    "camera_height_range": (0.6, 4.0),
+    "object_scale_range": (0.4, 2.0),
+    "traffic_density": (0.2, 3.0),
+}
+
+
+def _lerp(start: object, end: object, fraction: float, low: float, high: float) -> object:
+    """Element-wise interpolation of numbers and nested tuples; ints stay ints (colours, quality)."""
+    if isinstance(start, tuple):
+        return tuple(_lerp(a, b, fraction, low, high) for a, b in zip(start, end, strict=True))  # type: ignore[arg-type]
+    value = min(max(start + (end - start) * fraction, low), high)  # type: ignore[operator]
+    return int(round(value)) if isinstance(start, int) else float(value)
+
+
+@functools.lru_cache(maxsize=64)
+def interpolate_style(start: DomainStyle, end: DomainStyle, fraction: float) -> DomainStyle:
+    """The style ``fraction`` of the way from ``start`` to ``end`` (colours and numbers, clamped)."""
+    values: dict[str, object] = {"name": f"{end.name}@gap={fraction:g}"}
+    for field in dataclasses.fields(DomainStyle):
+        if field.name == "name":
+            continue
+        low, high = _BOUNDS.get(field.name, (0, 255))  # unlisted fields are colours
+        values[field.name] = _lerp(getattr(start, field.name), getattr(end, field.name), fraction, low, high)
+    return DomainStyle(**values)  # type: ignore[arg-type]
+
+
+def resolve_style(domain: str, gap: float) -> DomainStyle:
+    """The style a domain is rendered with: the source never changes, the target moves with ``gap``."""
+    if domain == "source":
+        return SOURCE_STYLE
+    return interpolate_style(SOURCE_STYLE, TARGET_STYLE, float(gap))

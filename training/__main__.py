@@ -1,0 +1,119 @@
+"""``python -m training {data,teacher,eval}``: the stage-1 command line (DESIGN §3).
+
+CLDA student training (``student``), ``analyze`` and ``ablation`` arrive with the CLDA-student
+release; asking for them says so instead of failing obscurely.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+LATER = {
+    "student": "CLDA student training (CLDA student release)",
+    "analyze": "LSR/CKA/PVR/similarity analyses (CLDA student release)",
+    "ablation": "the CLDA ablation runner (CLDA student release)",
+}
+
+
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override config values, e.g. --set train.iters=100 data.crop=[256,256]",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="generate the SynthCity two-domain benchmark")
+    data.add_argument("--out", default="data/synthcity", help="output folder (default: data/synthcity)")
+    data.add_argument("--source", type=int, default=2000, help="source (game style) images")
+    data.add_argument("--target", type=int, default=1000, help="target-train (street style) images")
+    data.add_argument("--val", type=int, default=200, help="target-val images")
+    data.add_argument("--height", type=int, default=256)
+    data.add_argument("--width", type=int, default=512)
+    data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--gap", type=float, default=1.0, help="domain gap: 0 = same style, 1 = default")
+    data.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+
+    evaluate = sub.add_parser("eval", help="evaluate a model file on target-val")
+    evaluate.add_argument("--checkpoint", required=True, help="model.safetensors written by clda-deploy")
+    evaluate.add_argument("-c", "--config", default=None, help="YAML applied over the checkpoint's own config")
+    evaluate.add_argument("--out", default=None, help="metrics.json path (default: next to the checkpoint)")
+    evaluate.add_argument(
+        "--save-predictions",
+        default=None,
+        metavar="DIR",
+        help="write one prediction PNG per image (Cityscapes labelIds for Cityscapes data)",
+    )
+    add_set_argument(evaluate)
+
+    teacher = sub.add_parser("teacher", help="train the DAFormer UDA teacher (or a baseline: uda.mode)")
+    teacher.add_argument(
+        "-c", "--config", required=True, help="YAML config, e.g. training/configs/synthcity_daformer.yaml"
+    )
+    teacher.add_argument("--out", default=None, help="run folder (default: runs/default/teacher)")
+    teacher.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    add_set_argument(teacher)
+
+    for name, what in LATER.items():
+        sub.add_parser(name, help=f"{what}: not available in this release", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command not in LATER:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command in LATER:
+        print(
+            f"python -m training {args.command}: {LATER[args.command]} is not in this release yet. "
+            "Available now: `python -m training data`, `teacher` and `eval`.",
+            file=sys.stderr,
+        )
+        return 2
+    from clda_deploy.checkpoint import CheckpointError
+    from clda_deploy.config import ConfigError
+
+    try:
+        if args.command == "data":
+            from clda_deploy.data.synthetic import generate_synthcity
+
+            generate_synthcity(
+                args.out,
+                num_source=args.source,
+                num_target=args.target,
+                num_val=args.val,
+                height=args.height,
+                width=args.width,
+                seed=args.seed,
+                workers=args.workers,
+                gap=args.gap,
+            )
+        elif args.command == "teacher":
+            from training.teacher import run_teacher
+
+            run_teacher(args.config, args.overrides, args.out, args.resume)
+        elif args.command == "eval":
+            from training.evaluate import run_eval
+
+            run_eval(args.checkpoint, args.config, args.overrides, args.out, args.save_predictions)
+    except (ConfigError, CheckpointError, ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
