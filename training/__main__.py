@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     add_set_argument(teacher)
 
+    baselines = sub.add_parser("baselines", help="source-only / DAFormer UDA / oracle over seeds (calibration)")
+    baselines.add_argument("-c", "--config", required=True)
+    baselines.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    baselines.add_argument("--runs", default="runs/baselines", help="one run folder per (mode, seed) inside")
+    baselines.add_argument("--json", default="docs/results/uda_baselines.json", help="summary JSON (+ .md table)")
+    add_set_argument(baselines)
+
     for name, what in LATER.items():
         sub.add_parser(name, help=f"{what}: not available in this release", add_help=False)
     return parser
@@ -102,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             from training.teacher import run_teacher
 
             run_teacher(args.config, args.overrides, args.out, args.resume)
+        elif args.command == "baselines":
+            from training.baselines import run_baselines
+
+            run_baselines(args.config, args.overrides, args.seeds, args.runs, args.json)
         elif args.command == "eval":
             from training.evaluate import run_eval
 

@@ -127,44 +127,69 @@ def write_outputs(cfg: Config, run_dir: Path, result: Any, val: Any, role: str, 
     return payload
 
 
-def run_teacher(config_path: str | None, overrides: list[str], out: str | None, resume: bool) -> dict[str, Any]:
+def prepare_teacher(cfg: Config, run_dir: Path, resume: bool) -> tuple[Any, Any]:
+    """Steps 1-5: validated inputs for the loop and the distributed context (datasets fail fast)."""
     from clda_deploy.inference import resolve_device
     from clda_deploy.models.segmenter import build_segmenter
     from clda_deploy.uda.daformer import build_teacher_task
-    from training.distributed import device_for, init_distributed, shutdown
-    from training.loop import CHECKPOINT, LoopInputs, Trainer
+    from training.distributed import device_for, init_distributed
+    from training.loop import CHECKPOINT, LoopInputs
     from training.state import load_checkpoint, seed_everything
 
-    cfg = load_config(config_path, overrides)
-    run_dir = Path(out or DEFAULT_OUT)
     if resume:
         check_resumable(load_checkpoint(run_dir / CHECKPOINT)["config"], cfg, run_dir / CHECKPOINT)
     needs_target = cfg.uda.mode in ("daformer", "oracle")
     datasets = build_datasets(cfg, needs_target, target_labels=cfg.uda.mode == "oracle")
     device = resolve_device(cfg.train.device)
     dist = init_distributed(device)
+    device = device_for(device, dist)
+    seed_everything(cfg.train.seed)
+    model = build_segmenter(
+        cfg.model.encoder,
+        cfg.model.head,
+        cfg.model.num_classes,
+        head_channels=cfg.model.head_channels,
+        pretrained=cfg.model.pretrained,
+    ).to(device)
+    task = build_teacher_task(cfg, model, seed=cfg.train.seed + dist.rank)
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    streams = stream_factories(cfg, datasets, task.domains, dist)
+    return LoopInputs(cfg, model, task, streams, datasets["val"], run_dir, device, dist), datasets["val"]
+
+
+def train_teacher(cfg: Config, run_dir: Path, resume: bool = False) -> tuple[Any, dict[str, Any]]:
+    """Train, then write ``model.safetensors`` and ``metrics.json`` on rank 0: (loop result, metrics)."""
+    from training.distributed import shutdown
+    from training.loop import Trainer
+
+    inputs, val = prepare_teacher(cfg, run_dir, resume)
     try:
-        device = device_for(device, dist)
-        seed_everything(cfg.train.seed)
-        model = build_segmenter(
-            cfg.model.encoder,
-            cfg.model.head,
-            cfg.model.num_classes,
-            head_channels=cfg.model.head_channels,
-            pretrained=cfg.model.pretrained,
-        ).to(device)
-        task = build_teacher_task(cfg, model, seed=cfg.train.seed + dist.rank)
-        if dist.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, run_dir / "config.yaml")
-        streams = stream_factories(cfg, datasets, task.domains, dist)
-        inputs = LoopInputs(cfg, model, task, streams, datasets["val"], run_dir, device, dist)
         result = Trainer(inputs).run(resume=resume)
         if result.interrupted:
             raise KeyboardInterrupt
-        payload = write_outputs(cfg, run_dir, result, datasets["val"], "teacher", device) if dist.is_main else {}
-        if dist.is_main:
-            print(f"teacher ({cfg.uda.mode}) target-val mIoU: {payload['miou']:.2f} -> {run_dir / 'model.safetensors'}")
-        return payload
+        payload: dict[str, Any] = {}
+        if inputs.dist.is_main:
+            payload = write_outputs(cfg, run_dir, result, val, "teacher", inputs.device)
+        return result, payload
     finally:
-        shutdown(dist)
+        shutdown(inputs.dist)
+
+
+def run_teacher(config_path: str | None, overrides: list[str], out: str | None, resume: bool) -> dict[str, Any]:
+    """The ``teacher`` command."""
+    from clda_deploy.data import check_roots
+
+    cfg = load_config(config_path, overrides)
+    needed = {"data.val": cfg.data.val}
+    if cfg.uda.mode != "oracle":
+        needed["data.source"] = cfg.data.source
+    if cfg.uda.mode != "source_only":
+        needed["data.target"] = cfg.data.target
+    check_roots(needed)
+    run_dir = Path(out or DEFAULT_OUT)
+    result, payload = train_teacher(cfg, run_dir, resume)
+    if payload:
+        print(f"teacher ({cfg.uda.mode}) target-val mIoU: {payload['miou']:.2f} -> {run_dir / 'model.safetensors'}")
+    return payload

@@ -47,3 +47,19 @@ def build_dataset(
     module_name, function_name = _BUILDERS[cfg.format]
     builder = getattr(import_module(module_name), function_name)
     return builder(cfg, labels=labels, train=train, crop=crop, cat_max_ratio=cat_max_ratio, flip=flip, seed=seed)
+
+
+def check_roots(datasets: dict[str, DatasetConfig]) -> None:
+    """Fail in milliseconds (before torch is imported) when a dataset folder does not exist.
+
+    ``datasets`` maps the config key (``data.source``) to its config; the format builders check
+    the full layout later.
+    """
+    from pathlib import Path
+
+    for key, cfg in datasets.items():
+        if not Path(cfg.root).is_dir():
+            raise FileNotFoundError(
+                f"{key}.root: dataset folder not found: {cfg.root} (format {cfg.format}); "
+                "for the embedded benchmark run `make data` or `python -m training data`"
+            )

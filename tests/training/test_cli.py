@@ -18,11 +18,16 @@ SIZE = ["--height", "64", "--width", "128"]
 
 
 @pytest.fixture(scope="module")
-def synthcity(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "synthcity"
-    args = ["data", "--out", str(out), "--source", "40", "--target", "4", "--val", "40", "--workers", "1", *SIZE]
+def synthcity(tiny_synthcity):
+    return tiny_synthcity
+
+
+def test_data_command_writes_both_layouts(tmp_path):
+    out = tmp_path / "synthcity"
+    args = ["data", "--out", str(out), "--source", "3", "--target", "2", "--val", "2", "--workers", "1", *SIZE]
     assert main(args) == 0
-    return out
+    assert len(list((out / "source" / "labels").glob("*.png"))) == 3
+    assert len(list((out / "target" / "gtFine" / "val").rglob("*_gtFine_labelIds.png"))) == 2
 
 
 @pytest.fixture(scope="module")

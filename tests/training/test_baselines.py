@@ -1,0 +1,25 @@
+import json
+
+import pytest
+
+from training.baselines import markdown_table, run_baselines, summarize
+
+
+def test_summary_golden_values():
+    summary = summarize({"source_only": [10.0, 12.0], "daformer": [20.0, 20.0], "oracle": [40.0, 44.0]}, [0, 1])
+    assert summary["source_only"]["miou_mean"] == pytest.approx(11.0)
+    assert summary["source_only"]["miou_std"] == pytest.approx(2**0.5)
+    assert summary["uda"]["seeds"] == [{"seed": 0, "miou": 20.0}, {"seed": 1, "miou": 20.0}]
+    table = markdown_table(summary, "python -m training baselines ...")
+    assert "oracle − source-only = 31.00 points; UDA − source-only = 9.00 points." in table
+
+
+def test_finished_runs_are_reused(tmp_path, monkeypatch):
+    for mode, value in (("source_only", 5.0), ("daformer", 9.0), ("oracle", 30.0)):
+        (tmp_path / f"{mode}-s0").mkdir()
+        (tmp_path / f"{mode}-s0" / "metrics.json").write_text(json.dumps({"miou": value}))
+    monkeypatch.setattr("training.teacher.run_teacher", lambda *a, **k: pytest.fail("must not retrain"))
+    out = tmp_path / "uda_baselines.json"
+    summary = run_baselines("cfg.yaml", [], [0], str(tmp_path), str(out))
+    assert json.loads(out.read_text()) == summary
+    assert summary["oracle"]["miou_mean"] == 30.0 and out.with_suffix(".md").is_file()

@@ -1,0 +1,69 @@
+"""``python -m training baselines``: source-only, DAFormer UDA and oracle over several seeds.
+
+Each (mode, seed) trains through the same loop and config system into ``<runs>/<mode>-s<seed>``;
+a run that already has ``metrics.json`` is reused, so an interrupted calibration continues where it
+stopped. The summary is ``uda_baselines.json`` (DESIGN §3) plus a markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from clda_deploy.checkpoint import atomic_write
+
+MODES = ("source_only", "daformer", "oracle")
+LABELS = {"source_only": "source_only", "daformer": "uda", "oracle": "oracle"}
+
+
+def run_one(config_path: str, overrides: list[str], mode: str, seed: int, runs: Path) -> float:
+    """Train one baseline (or reuse a finished run) and return its target-val mIoU."""
+    from training.teacher import run_teacher
+
+    run_dir = runs / f"{mode}-s{seed}"
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        print(f"== {mode}, seed {seed} -> {run_dir}")
+        resume = (run_dir / "checkpoint.pt").is_file()
+        run_teacher(config_path, [*overrides, f"uda.mode={mode}", f"train.seed={seed}"], str(run_dir), resume)
+    return float(json.loads(metrics_path.read_text())["miou"])
+
+
+def summarize(results: dict[str, list[float]], seeds: list[int]) -> dict[str, Any]:
+    """``{"source_only"|"uda"|"oracle": {"miou_mean", "miou_std", "seeds": [...]}}``."""
+    summary = {}
+    for mode, values in results.items():
+        summary[LABELS[mode]] = {
+            "miou_mean": statistics.fmean(values),
+            "miou_std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "seeds": [{"seed": s, "miou": v} for s, v in zip(seeds, values, strict=True)],
+        }
+    return summary
+
+
+def markdown_table(summary: dict[str, Any], command: str) -> str:
+    rows = ["| model | target-val mIoU (mean ± std) | per seed |", "|---|---|---|"]
+    for name, entry in summary.items():
+        per_seed = ", ".join(f"{s['miou']:.2f}" for s in entry["seeds"])
+        rows.append(f"| {name} | {entry['miou_mean']:.2f} ± {entry['miou_std']:.2f} | {per_seed} |")
+    gap = summary["oracle"]["miou_mean"] - summary["source_only"]["miou_mean"]
+    gain = summary["uda"]["miou_mean"] - summary["source_only"]["miou_mean"]
+    rows.append("")
+    rows.append(f"oracle − source-only = {gap:.2f} points; UDA − source-only = {gain:.2f} points.")
+    return "\n".join([f"Command: `{command}`", "", *rows])
+
+
+def run_baselines(config_path: str, overrides: list[str], seeds: list[int], runs: str, json_out: str) -> dict:
+    runs_dir = Path(runs)
+    results = {mode: [run_one(config_path, overrides, mode, seed, runs_dir) for seed in seeds] for mode in MODES}
+    summary = summarize(results, seeds)
+    atomic_write(Path(json_out), lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
+    seeds_text = " ".join(str(s) for s in seeds)
+    sets = f" --set {' '.join(overrides)}" if overrides else ""
+    command = f"python -m training baselines -c {config_path} --seeds {seeds_text} --runs {runs}{sets}"
+    table = markdown_table(summary, command)
+    print(table)
+    atomic_write(Path(json_out).with_suffix(".md"), lambda tmp: tmp.write_text(table + "\n"))
+    return summary

@@ -1,0 +1,107 @@
+"""``make gpu-check``: CUDA training steps with mixed precision and a CUDA inference pass (≤ 5 min).
+
+For each of the paper's models (DAFormer teacher MiT-B5, CLDA student MiT-B3) it runs real
+DAFormer training steps through the one training loop's ``Trainer.step`` (EMA teacher, ClassMix,
+pseudo-labels, AMP, the optimizer) on 512×512 crops, batch 2 source + 2 target, then an inference
+pass at 512×1024, and prints it/s and peak memory. Synthetic tensors replace the datasets (the GPU
+machine has none); timings do not depend on pixel values.
+
+``--device cpu`` with a small encoder exercises the same code path in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clda_deploy.config import load_config
+from clda_deploy.models.segmenter import build_segmenter
+from clda_deploy.uda.daformer import DAFormerTask
+from training.loop import LoopInputs, Trainer
+
+
+def synthetic_batches(batch: int, size: int, classes: int, device: torch.device) -> Iterator[dict[str, Any]]:
+    generator = torch.Generator().manual_seed(0)
+    while True:
+        yield {
+            "image": torch.randn(batch, 3, size, size, generator=generator).to(device),
+            "label": torch.randint(0, classes, (batch, size, size), generator=generator).to(device),
+        }
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def check_training(encoder: str, size: int, steps: int, device: torch.device, run_dir: Path) -> dict[str, float]:
+    """it/s and peak memory of DAFormer steps with AMP (bf16/fp16) for ``encoder``."""
+    cfg = load_config(None, [f"model.encoder={encoder}", f"data.crop=[{size},{size}]", f"train.iters={steps + 2}",
+                             "train.warmup_iters=1", "train.progress=false", f"train.device={device.type}"])  # fmt: skip
+    model = build_segmenter(encoder, cfg.model.head, head_channels=cfg.model.head_channels).to(device)
+    task = DAFormerTask(cfg, model, seed=0)
+    trainer = Trainer(LoopInputs(cfg, model, task, {}, None, run_dir, device))
+    streams = {d: synthetic_batches(cfg.train.batch_size, size, cfg.model.num_classes, device) for d in task.domains}
+    trainer.step(streams)  # warm-up: cuDNN autotuning, allocator
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        trainer.step(streams)
+    sync(device)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    return {"it_per_s": steps / seconds, "peak_gib": peak, "amp": str(trainer.amp_dtype)}
+
+
+@torch.no_grad()
+def check_inference(encoder: str, height: int, width: int, runs: int, device: torch.device) -> dict[str, float]:
+    model = build_segmenter(encoder).to(device).eval()
+    image = torch.randn(1, 3, height, width, device=device)
+    for _ in range(3):
+        model(image)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(runs):
+        logits = model(image)
+    sync(device)
+    assert logits.shape[-2:] == (height, width)
+    return {"ms_per_image": 1000 * (time.perf_counter() - start) / runs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.gpu_check", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--teacher", default="mit_b5")
+    parser.add_argument("--student", default="mit_b3")
+    parser.add_argument("--size", type=int, default=512, help="training crop (square)")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--infer", type=int, nargs=2, default=[512, 1024], metavar=("H", "W"))
+    parser.add_argument("--out", default="runs/gpu_check")
+    args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("gpu-check: no CUDA device visible (torch.cuda.is_available() is False); nothing to check here",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device: {name}; torch {torch.__version__}")
+    for role, encoder in (("teacher", args.teacher), ("student", args.student)):
+        stats = check_training(encoder, args.size, args.steps, device, Path(args.out))
+        print(f"train {role} {encoder} {args.size}x{args.size} batch 2+2 amp={stats['amp']}: "
+              f"{stats['it_per_s']:.2f} it/s, peak {stats['peak_gib']:.2f} GiB")  # fmt: skip
+    for role, encoder in (("teacher", args.teacher), ("student", args.student)):
+        stats = check_inference(encoder, *args.infer, runs=10, device=device)
+        print(f"infer {role} {encoder} {args.infer[0]}x{args.infer[1]}: {stats['ms_per_image']:.1f} ms/image")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
