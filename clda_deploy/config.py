@@ -115,12 +115,27 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class CLDAConfig:
+    # Layer mapping: channel (Eq. 6, default), token, both (flattened), random, none (KD only).
+    mapping: str = field(default="channel", metadata=_choices("channel", "token", "both", "random", "none"))
+    t2: float = 0.3  # stage 2 starts at T2 = t2 * train.iters (not given by the paper; ours)
+    t3: float = 0.4  # i* is chosen at T3 = t3 * train.iters; S->T updates after it (ours)
+    alpha: float = 0.999  # Eq. 8 EMA factor (ours)
+    nonsalient_threshold: float = 0.1  # LSR < 0.1 mIoU points: non-salient (paper, segmentation)
+    select_ratio: float = 0.3  # 30% of the non-salient teacher blocks are updated (paper)
+    update_scope: str = field(default="block", metadata=_choices("block", "attention"))
+    saliency_labels: bool = True  # R of Eq. 2 on target-val labels; false: label-free agreement
+    saliency_images: int = 16  # size of the fixed target subset R is measured on
+
+
+@dataclass(frozen=True)
 class Config:
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     uda: UDAConfig = UDAConfig()
+    clda: CLDAConfig = CLDAConfig()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,6 +242,16 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"uda.ema_alpha: must be in [0, 1), got {cfg.uda.ema_alpha}")
     if not 0.0 < cfg.uda.pseudo_threshold <= 1.0:
         raise ConfigError(f"uda.pseudo_threshold: must be in (0, 1], got {cfg.uda.pseudo_threshold}")
+    if not 0.0 <= cfg.clda.t2 <= cfg.clda.t3 <= 1.0:
+        raise ConfigError(f"clda.t2, clda.t3: need 0 <= t2 <= t3 <= 1, got t2={cfg.clda.t2}, t3={cfg.clda.t3}")
+    if cfg.clda.mapping in ("channel", "token", "both") and cfg.clda.t3 <= cfg.clda.t2:
+        raise ConfigError(
+            f"clda.t3 ({cfg.clda.t3}) must exceed clda.t2 ({cfg.clda.t2}): similarity (Eq. 7) is summed from T2 to T3"
+        )
+    if not 0.0 <= cfg.clda.alpha <= 1.0 or not 0.0 <= cfg.clda.select_ratio <= 1.0:
+        raise ConfigError("clda.alpha and clda.select_ratio must lie in [0, 1]")
+    if cfg.clda.saliency_images <= 0:
+        raise ConfigError(f"clda.saliency_images: must be positive, got {cfg.clda.saliency_images}")
     if cfg.data.workers < 0:
         raise ConfigError(f"data.workers: must be >= 0, got {cfg.data.workers}")
     if cfg.eval.max_images is not None and cfg.eval.max_images <= 0:

@@ -1,7 +1,7 @@
-"""``python -m training {data,teacher,eval}``: the stage-1 command line (DESIGN §3).
+"""``python -m training {data,teacher,student,eval,baselines}``: the stage-1 command line (DESIGN §3).
 
-CLDA student training (``student``), ``analyze`` and ``ablation`` arrive with the CLDA-student
-release; asking for them says so instead of failing obscurely.
+``analyze`` and ``ablation`` arrive with a later release; asking for them says so instead of
+failing obscurely.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import argparse
 import sys
 
 LATER = {
-    "student": "CLDA student training (CLDA student release)",
     "analyze": "LSR/CKA/PVR/similarity analyses (CLDA student release)",
     "ablation": "the CLDA ablation runner (CLDA student release)",
 }
@@ -63,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     add_set_argument(teacher)
 
+    student = sub.add_parser("student", help="train the CLDA student from a trained teacher")
+    student.add_argument("-c", "--config", required=True, help="YAML config, e.g. training/configs/synthcity_clda.yaml")
+    student.add_argument("--teacher", required=True, help="the teacher's model.safetensors")
+    student.add_argument("--out", default=None, help="run folder (default: runs/default/student)")
+    student.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    add_set_argument(student)
+
     baselines = sub.add_parser("baselines", help="source-only / DAFormer UDA / oracle over seeds (calibration)")
     baselines.add_argument("-c", "--config", required=True)
     baselines.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -83,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in LATER:
         print(
             f"python -m training {args.command}: {LATER[args.command]} is not in this release yet. "
-            "Available now: `python -m training data`, `teacher` and `eval`.",
+            "Available now: `python -m training data`, `teacher`, `student`, `eval` and `baselines`.",
             file=sys.stderr,
         )
         return 2
@@ -109,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
             from training.teacher import run_teacher
 
             run_teacher(args.config, args.overrides, args.out, args.resume)
+        elif args.command == "student":
+            from training.student import run_student
+
+            run_student(args.config, args.teacher, args.overrides, args.out, args.resume)
         elif args.command == "baselines":
             from training.baselines import run_baselines
 

@@ -42,8 +42,17 @@ def sync(device: torch.device) -> None:
 
 def check_training(encoder: str, size: int, steps: int, device: torch.device, run_dir: Path) -> dict[str, float]:
     """it/s and peak memory of DAFormer steps with AMP (bf16/fp16) for ``encoder``."""
-    cfg = load_config(None, [f"model.encoder={encoder}", f"data.crop=[{size},{size}]", f"train.iters={steps + 2}",
-                             "train.warmup_iters=1", "train.progress=false", f"train.device={device.type}"])  # fmt: skip
+    cfg = load_config(
+        None,
+        [
+            f"model.encoder={encoder}",
+            f"data.crop=[{size},{size}]",
+            f"train.iters={steps + 2}",
+            "train.warmup_iters=1",
+            "train.progress=false",
+            f"train.device={device.type}",
+        ],
+    )
     model = build_segmenter(encoder, cfg.model.head, head_channels=cfg.model.head_channels).to(device)
     task = DAFormerTask(cfg, model, seed=0)
     trainer = Trainer(LoopInputs(cfg, model, task, {}, None, run_dir, device))

@@ -92,7 +92,7 @@ def test_eval_errors_are_one_clear_line(checkpoint, tmp_path, capsys):
 
 
 def test_later_commands_say_so(capsys):
-    assert main(["student", "-c", "x.yaml"]) == 2
+    assert main(["ablation", "-c", "x.yaml"]) == 2
     assert "not in this release yet" in capsys.readouterr().err
 
 

@@ -1,0 +1,90 @@
+"""The CLDA student command end to end on a tiny SynthCity (smoke teacher -> smoke student)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from clda_deploy.config import load_config
+from clda_deploy.uda.clda import block_path
+from training.loop import CHECKPOINT, Trainer
+from training.student import prepare_student, train_student
+from training.teacher import train_teacher
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "training" / "configs"
+
+
+def overrides(root: Path) -> list[str]:
+    return [f"data.source.root={root / 'source'}", f"data.target.root={root / 'target'}",
+            f"data.val.root={root / 'target'}"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def smoke_teacher(tiny_synthcity, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("teacher")
+    train_teacher(load_config(CONFIGS / "smoke_teacher.yaml", overrides(tiny_synthcity)), run)
+    return run / "model.safetensors"
+
+
+def student_config(root: Path, *extra: str):
+    return load_config(CONFIGS / "smoke_student.yaml", [*overrides(root), *extra])
+
+
+def test_student_writes_files_and_only_mapped_blocks_change(tiny_synthcity, smoke_teacher, tmp_path):
+    run = tmp_path / "student"
+    result, student, teacher = train_student(student_config(tiny_synthcity), str(smoke_teacher), run)
+    assert result.iteration == 10 and 0 <= student["miou"] <= 100 and 0 <= teacher["miou"] <= 100
+    for name in ("model.safetensors", "teacher_updated.safetensors", "saliency.json", "mapping.json",
+                 "metrics.json", "teacher_metrics.json", CHECKPOINT):  # fmt: skip
+        assert (run / name).is_file(), name
+    saliency = json.loads((run / "saliency.json").read_text())
+    assert {"block", "lsr", "delta", "salient"} <= set(saliency[0]) and len(saliency) == 5
+    mapping = json.loads((run / "mapping.json").read_text())
+    assert mapping and all(m["teacher_block"][:6] == m["student_block"][:6] for m in mapping), "same stage"
+    before, after = load_file(str(smoke_teacher)), load_file(str(run / "teacher_updated.safetensors"))
+    mapped = tuple(block_path(m["teacher_block"], "block") + "." for m in mapping)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert changed, "S->T updates must change the mapped blocks"
+    assert all(name.startswith(mapped) for name in changed), sorted(changed)
+
+
+def test_no_gradient_reaches_the_teacher(tiny_synthcity, smoke_teacher, tmp_path):
+    inputs, _ = prepare_student(student_config(tiny_synthcity, "clda.t2=0.0"), str(smoke_teacher), tmp_path, False)
+    teacher = inputs.task.teacher
+    assert not any(p.requires_grad for p in teacher.parameters())
+    batch = {d: next(make(0)) for d, make in inputs.streams.items()}
+    losses = inputs.task.losses(inputs.model, batch, iteration=2)  # inside stage 2: attention captured too
+    losses["loss"].backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert any(p.grad is not None for p in inputs.model.parameters())
+    assert inputs.task.accumulator is not None and inputs.task.accumulator.updates == 1
+
+
+def test_resume_restores_accumulator_mapping_and_teacher(tiny_synthcity, smoke_teacher, tmp_path):
+    run = tmp_path / "student"
+    train_student(student_config(tiny_synthcity, "train.iters=7", "clda.t2=0.3", "clda.t3=0.8"),
+                  str(smoke_teacher), run)  # fmt: skip
+    saved = torch.load(run / CHECKPOINT, weights_only=False)["task"]
+    inputs, _ = prepare_student(student_config(tiny_synthcity, "train.iters=7", "clda.t2=0.3", "clda.t3=0.8"),
+                                str(smoke_teacher), run, resume=True)  # fmt: skip
+    Trainer(inputs).resume()
+    task = inputs.task
+    assert task.mapping == saved["mapping"] and task.picked == saved["picked"]
+    assert task.accumulator.state_dict() == saved["accumulator"]
+    for name, tensor in saved["teacher"].items():
+        torch.testing.assert_close(task.teacher.state_dict()[name], tensor, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["none", "random", "token"])
+def test_mapping_modes(tiny_synthcity, smoke_teacher, tmp_path, mode):
+    run = tmp_path / mode
+    train_student(student_config(tiny_synthcity, f"clda.mapping={mode}", "train.iters=6"), str(smoke_teacher), run)
+    assert (run / "mapping.json").exists() == (mode != "none")
+
+
+def test_incompatible_widths_fail_at_start_naming_the_stage(tiny_synthcity, smoke_teacher, tmp_path):
+    with pytest.raises(ValueError, match="stage 1"):
+        prepare_student(student_config(tiny_synthcity, "model.encoder=mit_b1"), str(smoke_teacher), tmp_path, False)
