@@ -27,14 +27,25 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-data: $(STAMP)
+TEACHER := $(RUN)/teacher/model.safetensors
+STUDENT := $(RUN)/student/model.safetensors
+# --resume when a stage was interrupted (checkpoint but no final model).
+resume = $$(test -f $(1)/checkpoint.pt && test ! -f $(1)/model.safetensors && echo --resume)
+
+data: $(DATA)/synthcity.json
+
+$(DATA)/synthcity.json: | $(STAMP)
 	$(PY) -m training data --out $(DATA)
 
-# make train = data -> DAFormer teacher (-> CLDA student in the CLDA release).
-train: data
-	$(PY) -m training teacher -c training/configs/synthcity_daformer.yaml --out $(RUN)/teacher
-	@echo "make train: teacher written to $(RUN)/teacher. CLDA student training is not in this release yet;"
-	@echo "available now: 'python -m training {data,teacher,eval}'." ; exit 2
+$(TEACHER): training/configs/synthcity_daformer.yaml $(DATA)/synthcity.json | $(STAMP)
+	$(PY) -m training teacher -c $< --out $(RUN)/teacher $(call resume,$(RUN)/teacher)
+
+$(STUDENT): training/configs/synthcity_clda.yaml $(TEACHER) | $(STAMP)
+	$(PY) -m training student -c $< --teacher $(TEACHER) --out $(RUN)/student $(call resume,$(RUN)/student)
+
+# make train = data -> DAFormer teacher -> CLDA student; up-to-date stages are not retrained.
+train: $(STUDENT)
+	@$(PY) -c "import json; s = json.load(open('$(RUN)/student/metrics.json')); t = json.load(open('$(RUN)/student/teacher_metrics.json')); print(f'target-val mIoU: student {s[\"miou\"]:.2f}, teacher (after CLDA) {t[\"miou\"]:.2f}')"
 
 # Export (export release) and serving (serving release) are not in this release: say so precisely.
 export: $(STAMP)
