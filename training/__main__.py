@@ -1,7 +1,6 @@
-"""``python -m training {data,teacher,student,eval,baselines}``: the stage-1 command line (DESIGN §3).
+"""``python -m training {data,teacher,student,eval,analyze,baselines}``: the stage-1 command line.
 
-``analyze`` and ``ablation`` arrive with a later release; asking for them says so instead of
-failing obscurely.
+``ablation`` arrives with a later release; asking for it says so instead of failing obscurely.
 """
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ import argparse
 import sys
 
 LATER = {
-    "analyze": "LSR/CKA/PVR/similarity analyses (CLDA student release)",
     "ablation": "the CLDA ablation runner (CLDA student release)",
 }
 
@@ -69,6 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     student.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     add_set_argument(student)
 
+    analyze = sub.add_parser("analyze", help="the paper's analyses (Fig. 2-5): PNG + JSON")
+    analyze.add_argument("kind", choices=["saliency", "cka", "pvr", "similarity"])
+    analyze.add_argument("--teacher", required=True, help="first model: the teacher (for pvr: the distilled student)")
+    analyze.add_argument(
+        "--student", required=True, help="second model: the student (for pvr: the independently trained student)"
+    )
+    analyze.add_argument("-c", "--config", default=None, help="YAML over the first model's config (data.val)")
+    analyze.add_argument("--out", default="runs/default/analysis")
+    analyze.add_argument("--images", type=int, default=16, help="target-val images to measure on")
+    add_set_argument(analyze)
+
     baselines = sub.add_parser("baselines", help="source-only / DAFormer UDA / oracle over seeds (calibration)")
     baselines.add_argument("-c", "--config", required=True)
     baselines.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -89,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in LATER:
         print(
             f"python -m training {args.command}: {LATER[args.command]} is not in this release yet. "
-            "Available now: `python -m training data`, `teacher`, `student`, `eval` and `baselines`.",
+            "Available now: `python -m training data`, `teacher`, `student`, `eval`, `analyze` and `baselines`.",
             file=sys.stderr,
         )
         return 2
@@ -119,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             from training.student import run_student
 
             run_student(args.config, args.teacher, args.overrides, args.out, args.resume)
+        elif args.command == "analyze":
+            from training.analyze import run_analysis
+
+            run_analysis(args.kind, args.teacher, args.student, args.config, args.overrides, args.out, args.images)
         elif args.command == "baselines":
             from training.baselines import run_baselines
 

@@ -88,3 +88,19 @@ def test_mapping_modes(tiny_synthcity, smoke_teacher, tmp_path, mode):
 def test_incompatible_widths_fail_at_start_naming_the_stage(tiny_synthcity, smoke_teacher, tmp_path):
     with pytest.raises(ValueError, match="stage 1"):
         prepare_student(student_config(tiny_synthcity, "model.encoder=mit_b1"), str(smoke_teacher), tmp_path, False)
+
+
+@pytest.mark.parametrize("kind", ["saliency", "cka", "pvr", "similarity"])
+def test_analyses_write_png_and_json(tiny_synthcity, smoke_teacher, tmp_path, kind):
+    from training.__main__ import main
+
+    student = tmp_path / "student"
+    if not (student / "model.safetensors").exists():
+        train_student(student_config(tiny_synthcity, "train.iters=4", "clda.mapping=none"), str(smoke_teacher), student)
+    out = tmp_path / "analysis"
+    args = ["analyze", kind, "--teacher", str(smoke_teacher), "--student", str(student / "model.safetensors"),
+            "--out", str(out), "--images", "4", "--set", *overrides(tiny_synthcity)]  # fmt: skip
+    assert main(args) == 0
+    assert (out / f"{kind}.png").stat().st_size > 1000
+    payload = json.loads((out / f"{kind}.json").read_text())
+    assert payload
