@@ -104,3 +104,13 @@ def test_analyses_write_png_and_json(tiny_synthcity, smoke_teacher, tmp_path, ki
     assert (out / f"{kind}.png").stat().st_size > 1000
     payload = json.loads((out / f"{kind}.json").read_text())
     assert payload
+
+
+def test_training_cost_comparison_runs_every_mode(smoke_teacher, tmp_path):
+    from training.cost import MODES, compare
+
+    results = compare(str(CONFIGS / "smoke_student.yaml"), str(smoke_teacher), size=64, steps=2, out=tmp_path)
+    assert set(results) == set(MODES)
+    assert results["kd_only"]["time_ratio"] == 1.0
+    assert all(r["step_s"] > 0 and r["peak_mib"] > 0 for r in results.values())
+    assert (tmp_path / "cost.json").is_file() and (tmp_path / "cost.md").is_file()
