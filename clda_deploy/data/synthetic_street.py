@@ -19,13 +19,6 @@ from clda_deploy.data.synthetic_style import Color
 Item = tuple[int, float, Callable[[Canvas], None]]
 OUTER_LAYER, KERB_LAYER, STREET_LAYER = 1, 2, 3  # building line, sidewalk edge, street
 SIDES = (-1, 1)  # left, right
-POLE_HEIGHTS = {
-    "lamp": (6.0, 9.0),
-    "plain": (3.0, 8.0),
-    "sign": (2.6, 3.4),
-    "light": (3.4, 4.4),
-    "overhead": (5.0, 6.0),
-}
 FLOOR = 3.2  # metres per storey
 
 
