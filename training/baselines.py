@@ -31,16 +31,21 @@ def run_one(config_path: str, overrides: list[str], mode: str, seed: int, runs: 
     return float(json.loads(metrics_path.read_text())["miou"])
 
 
-def summarize(results: dict[str, list[float]], seeds: list[int]) -> dict[str, Any]:
-    """``{"source_only"|"uda"|"oracle": {"miou_mean", "miou_std", "seeds": [...]}}``."""
+def summarize_rows(values: dict[str, list[float]], seeds: list[int]) -> dict[str, Any]:
+    """``{row: {"miou_mean", "miou_std", "seeds": [{"seed", "miou"}, ...]}}`` (DESIGN §3 result rows)."""
     summary = {}
-    for mode, values in results.items():
-        summary[LABELS[mode]] = {
-            "miou_mean": statistics.fmean(values),
-            "miou_std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "seeds": [{"seed": s, "miou": v} for s, v in zip(seeds, values, strict=True)],
+    for row, row_values in values.items():
+        summary[row] = {
+            "miou_mean": statistics.fmean(row_values),
+            "miou_std": statistics.stdev(row_values) if len(row_values) > 1 else 0.0,
+            "seeds": [{"seed": s, "miou": v} for s, v in zip(seeds, row_values, strict=True)],
         }
     return summary
+
+
+def summarize(results: dict[str, list[float]], seeds: list[int]) -> dict[str, Any]:
+    """``{"source_only"|"uda"|"oracle": {...}}`` from the per-mode results."""
+    return summarize_rows({LABELS[mode]: values for mode, values in results.items()}, seeds)
 
 
 def markdown_table(summary: dict[str, Any], command: str) -> str:

@@ -91,11 +91,6 @@ def test_eval_errors_are_one_clear_line(checkpoint, tmp_path, capsys):
     assert "did you mean 'eval.mode'" in capsys.readouterr().err
 
 
-def test_later_commands_say_so(capsys):
-    assert main(["ablation", "-c", "x.yaml"]) == 2
-    assert "not in this release yet" in capsys.readouterr().err
-
-
 def test_data_rejects_bad_arguments(tmp_path, capsys):
     assert main(["data", "--out", str(tmp_path / "x"), "--source", "0", *SIZE]) == 2
     assert "num_source" in capsys.readouterr().err

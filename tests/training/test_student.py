@@ -114,3 +114,21 @@ def test_training_cost_comparison_runs_every_mode(smoke_teacher, tmp_path):
     assert results["kd_only"]["time_ratio"] == 1.0
     assert all(r["step_s"] > 0 and r["peak_mib"] > 0 for r in results.values())
     assert (tmp_path / "cost.json").is_file() and (tmp_path / "cost.md").is_file()
+
+
+def test_ablation_runs_every_row_and_writes_json_and_table(tiny_synthcity, smoke_teacher, tmp_path):
+    from training.__main__ import main
+    from training.ablation import ROWS, START
+
+    results = tmp_path / "results.md"
+    results.write_text("# Results\n\nearlier text\n")
+    args = ["ablation", "-c", str(CONFIGS / "smoke_student.yaml"), "--teacher", str(smoke_teacher), "--seeds", "1",
+            "--runs", str(tmp_path / "runs"), "--out", str(results), "--json", str(tmp_path / "ablation.json"),
+            "--set", *overrides(tiny_synthcity), "train.iters=4"]  # fmt: skip
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "ablation.json").read_text())
+    assert list(summary) == list(ROWS) and all(len(row["seeds"]) == 1 for row in summary.values())
+    text = results.read_text()
+    assert "earlier text" in text and text.count(START) == 1
+    assert main(args) == 0, "finished runs are reused"
+    assert results.read_text().count(START) == 1
