@@ -88,6 +88,7 @@ class CLDATask:
         """Eq. 7 (or the random ablation): the student block for each picked teacher block."""
         assert self.picked is not None
         if self.accumulator is not None:
+            self._sum_across_ranks(self.accumulator)
             best = self.accumulator.best()
             self.mapping = {t: s for t, (s, _) in best.items()}
             entries = mapping_entries(best)
@@ -95,6 +96,22 @@ class CLDATask:
             self.mapping = random_mapping(self.picked, unwrap(student).block_names(), seed=self.cfg.train.seed)
             entries = mapping_entries(self.mapping)
         self._write("mapping.json", entries)
+
+    @staticmethod
+    def _sum_across_ranks(accumulator: SimilarityAccumulator) -> None:
+        """Under DDP each rank saw other target batches: sum the scores so every rank picks the same
+        i* (the teacher is not synchronised by DDP, so its S->T updates must agree)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        pairs = [(t, s) for t, row in accumulator.scores.items() for s in row]
+        nccl = dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        totals = torch.tensor([accumulator.scores[t][s] for t, s in pairs], dtype=torch.float64, device=device)
+        dist.all_reduce(totals)
+        for (t, s), value in zip(pairs, totals.tolist(), strict=True):
+            accumulator.scores[t][s] = value
 
     def _write(self, name: str, payload: Any) -> None:
         if self.is_main:
