@@ -72,6 +72,19 @@ def require_dir(folder: Path, layout: str) -> Path:
     return folder
 
 
+def png_files(folder: Path) -> dict[str, Path]:
+    """``{stem: path}`` of the PNG files directly in ``folder``."""
+    return {path.stem: path for path in sorted(folder.iterdir()) if path.is_file() and path.suffix.lower() == ".png"}
+
+
+def require_png_images(image_dir: Path, layout: str) -> dict[str, Path]:
+    """``png_files`` of an existing, non-empty image folder; errors name the folder and the layout."""
+    images = png_files(require_dir(image_dir, layout))
+    if not images:
+        raise DatasetError(f"no PNG images in {image_dir}; expected layout: {layout}")
+    return images
+
+
 def pair_by_key(images: dict[str, Path], labels: dict[str, Path], image_dir: Path, label_dir: Path) -> list[Sample]:
     """Pair files sharing a key (stem); any image without label or label without image is an error."""
     missing_labels = sorted(set(images) - set(labels))

@@ -10,25 +10,18 @@ from pathlib import Path
 from typing import Any
 
 from clda_deploy.config import DatasetConfig
-from clda_deploy.data.base import DatasetError, SegmentationDataset, pair_by_key, require_dir
+from clda_deploy.data.base import SegmentationDataset, pair_by_key, png_files, require_dir, require_png_images
 from clda_deploy.data.labels import GTA5_ID_TO_TRAINID, GTA5_VALID_IDS, build_lut
 
 LAYOUT = "<root>/images/*.png and <root>/labels/*.png with the same file names (labels: GTA5/Cityscapes labelIds)"
-
-
-def png_files(folder: Path) -> dict[str, Path]:
-    """``{stem: path}`` of the PNG files directly in ``folder``."""
-    return {path.stem: path for path in sorted(folder.iterdir()) if path.is_file() and path.suffix.lower() == ".png"}
 
 
 def build_gta5(cfg: DatasetConfig, labels: bool = True, **dataset_kwargs: Any) -> SegmentationDataset:
     """GTA5 dataset from ``cfg.root`` (single split; ``cfg.split`` only names caches); ``labels=False``
     reads images only."""
     root = require_dir(Path(cfg.root), LAYOUT)
-    image_dir = require_dir(root / "images", LAYOUT)
-    images = png_files(image_dir)
-    if not images:
-        raise DatasetError(f"no PNG images in {image_dir}; expected layout: {LAYOUT}")
+    image_dir = root / "images"
+    images = require_png_images(image_dir, LAYOUT)
     if labels:
         label_dir = require_dir(root / "labels", LAYOUT)
         samples = pair_by_key(images, png_files(label_dir), image_dir, label_dir)

@@ -22,6 +22,8 @@ from tqdm import tqdm
 
 from clda_deploy.config import DatasetConfig
 from clda_deploy.data.base import (
+    png_files,
+    require_png_images,
     DatasetError,
     SegmentationDataset,
     check_sizes,
@@ -32,7 +34,6 @@ from clda_deploy.data.base import (
     root_hash,
     user_cache_dir,
 )
-from clda_deploy.data.gta5 import png_files
 from clda_deploy.data.labels import NUM_CLASSES, SYNTHIA_ID_TO_TRAINID, SYNTHIA_VALID_IDS, build_lut, map_labels
 
 LAYOUT = "<root>/RGB/*.png and <root>/GT/LABELS/*.png with the same file names (16-bit labels, id in channel 1)"
@@ -112,10 +113,8 @@ def build_synthia(
 ) -> SegmentationDataset:
     """SYNTHIA dataset from ``cfg.root``; converts the labels to the trainId cache on first use."""
     root = require_dir(Path(cfg.root), LAYOUT)
-    image_dir = require_dir(root / "RGB", LAYOUT)
-    images = png_files(image_dir)
-    if not images:
-        raise DatasetError(f"no PNG images in {image_dir}; expected layout: {LAYOUT}")
+    image_dir = root / "RGB"
+    images = require_png_images(image_dir, LAYOUT)
     if labels:
         label_dir = require_dir(root / "GT" / "LABELS", LAYOUT)
         pairs = pair_by_key(images, png_files(label_dir), image_dir, label_dir)
