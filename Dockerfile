@@ -14,7 +14,10 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY clda_deploy ./clda_deploy
 COPY serving ./serving
-RUN pip install ".[serve,gpu]"
+# onnxruntime-gpu and the CPU onnxruntime wheel install the same module: keep only the GPU one.
+RUN pip install ".[serve,gpu]" \
+ && pip uninstall -y onnxruntime \
+ && pip install --force-reinstall --no-deps "onnxruntime-gpu>=1.18"
 
 ENV CLDA_MODELS=/models CLDA_HOST=0.0.0.0 CLDA_PORT=8000
 EXPOSE 8000

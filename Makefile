@@ -10,6 +10,9 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 DATA ?= data/synthcity
 RUN ?= runs/default
 
+# A recipe that fails (e.g. the parity gate) removes its target, so the next make retries it.
+.DELETE_ON_ERROR:
+
 .PHONY: help setup data train export serve test bench lint gpu-check clean distclean
 
 help:
@@ -47,18 +50,34 @@ $(STUDENT): training/configs/synthcity_clda.yaml $(TEACHER) | $(STAMP)
 train: $(STUDENT)
 	@$(PY) -c "import json; s = json.load(open('$(RUN)/student/metrics.json')); t = json.load(open('$(RUN)/student/teacher_metrics.json')); print(f'target-val mIoU: student {s[\"miou\"]:.2f}, teacher (after CLDA) {t[\"miou\"]:.2f}')"
 
-# Export (export release) and serving (serving release) are not in this release: say so precisely.
-export: $(STAMP)
-	@echo "make export: ONNX/TensorRT export with the parity gate is not in this release yet." ; exit 2
+EXPORT := $(RUN)/export
+# TensorRT engines too where TensorRT and a GPU are there (the export says so if not).
+TENSORRT_FLAG = $$($(PY) -c "import tensorrt, torch; assert torch.cuda.is_available()" 2>/dev/null && echo --tensorrt)
 
-serve: $(STAMP)
-	@echo "make serve: the FastAPI segmentation service is not in this release yet." ; exit 2
+# make export = ONNX (fp32 + fp16) of student and teacher, each gated by the parity check.
+export: $(EXPORT)/student.onnx $(EXPORT)/teacher.onnx
 
-bench: $(STAMP)
-	@echo "make bench: the latency/accuracy benchmarks are not in this release yet." ; exit 2
+$(EXPORT)/student.onnx: $(STUDENT) | $(STAMP)
+	$(PY) -m export --checkpoint $< --out $(EXPORT) --name student --fp16 $(TENSORRT_FLAG)
 
+$(EXPORT)/teacher.onnx: $(TEACHER) | $(STAMP)
+	$(PY) -m export --checkpoint $< --out $(EXPORT) --name teacher --fp16 $(TENSORRT_FLAG)
+
+HOST ?= 127.0.0.1
+PORT ?= 8000
+serve: export
+	$(PY) -m serving --models $(EXPORT) --host $(HOST) --port $(PORT)
+
+BENCH := $(RUN)/bench
+bench: export
+	$(PY) -m serving.bench latency --models $(RUN) --out $(BENCH)
+	$(PY) -m serving.bench accuracy --models $(RUN) --out $(BENCH)
+	$(PY) -m serving.bench http --spawn --models $(EXPORT) --out $(BENCH)
+
+# On a CUDA machine: AMP training steps and inference (training), then ONNX export parity vs torch-CUDA.
 gpu-check: $(STAMP)
 	$(PY) -m training.gpu_check
+	$(PY) -m export.gpu_check
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -1,0 +1,103 @@
+"""``make gpu-check``, export half: ONNX export parity against PyTorch running on the GPU.
+
+A randomly initialised model of the given encoder is saved as a checkpoint, exported to fp32 and
+fp16 ONNX with the real exporter, and the ONNX files (through ``load_predictor``: TensorRT or CUDA
+providers where onnxruntime-gpu is installed, the CPU provider otherwise) are compared with the
+PyTorch model on ``--device`` (CUDA, fp32) on random images at the inference size: pixel agreement
+and max |logit| difference, plus the ms per image of each. A ``.plan`` is built and compared too
+when TensorRT is installed. Random weights suffice: parity is about the graph, not the accuracy.
+
+``--device cpu`` with a small encoder exercises the same code path in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clda_deploy.checkpoint import save_model
+from clda_deploy.config import load_config
+from clda_deploy.models.segmenter import build_segmenter
+from clda_deploy.runtime import Predictor, available_backends, load_predictor
+
+
+def timed_predict(predictor: Predictor, images: np.ndarray, runs: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Logits, labels and ms per image (after one warm-up call) of ``predictor`` on ``images``."""
+    predictor.predict(images[:1])
+    start = time.perf_counter()
+    for _ in range(runs):
+        prediction = predictor.predict(images)
+    milliseconds = 1000 * (time.perf_counter() - start) / (runs * len(images))
+    assert prediction.logits is not None
+    return prediction.logits, prediction.labels, milliseconds
+
+
+def export_files(encoder: str, work: Path, with_tensorrt: bool) -> dict[str, Path]:
+    """Checkpoint -> ``model.onnx`` and ``model.fp16.onnx`` (+ ``model.plan``) with the export stage's code."""
+    from export.fp16 import convert_fp16
+    from export.to_onnx import export_onnx, onnx_metadata
+
+    cfg = load_config(None, [f"model.encoder={encoder}"])
+    torch.manual_seed(0)
+    model = build_segmenter(encoder, cfg.model.head, cfg.model.num_classes, head_channels=cfg.model.head_channels)
+    checkpoint = save_model(work / "model.safetensors", model, cfg, role="student")
+    files = {"torch": checkpoint, "onnx_fp32": export_onnx(checkpoint, work / "model.onnx", "model")}
+    files["onnx_fp16"] = convert_fp16(files["onnx_fp32"], work / "model.fp16.onnx")
+    if with_tensorrt:
+        from export.to_tensorrt import Profile, build_engine
+
+        metadata = onnx_metadata(checkpoint, "model", "fp32")
+        files["tensorrt_fp32"] = build_engine(files["onnx_fp32"], work / "model.plan", Profile(), "fp32", metadata)
+    return files
+
+
+def run(encoder: str, height: int, width: int, batch: int, runs: int, device: str) -> list[str]:
+    """The report lines: one per exported backend, compared with PyTorch on ``device``."""
+    lines = []
+    with_tensorrt = device.startswith("cuda") and available_backends().get("tensorrt") is None
+    with tempfile.TemporaryDirectory(prefix="clda-gpu-check-") as folder:
+        files = export_files(encoder, Path(folder), with_tensorrt)
+        images = np.random.default_rng(0).standard_normal((batch, 3, height, width)).astype(np.float32)
+        reference = load_predictor(files.pop("torch"), device=device)
+        ref_logits, ref_labels, ref_ms = timed_predict(reference, images, runs)
+        lines.append(f"torch {reference.device}: {ref_ms:.1f} ms/image")
+        for name, path in files.items():
+            predictor = load_predictor(path, device=device)
+            logits, labels, ms = timed_predict(predictor, images, runs)
+            agreement = 100.0 * float((labels == ref_labels).mean())
+            difference = float(np.abs(logits - ref_logits).max())
+            lines.append(
+                f"{name} ({predictor.backend}, {','.join(predictor.providers)}): {ms:.1f} ms/image, "
+                f"pixel agreement {agreement:.3f} %, max |logit diff| {difference:.2e}"
+            )
+            predictor.close()
+        reference.close()
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export.gpu_check", description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--encoder", default="mit_b3", help="the paper's student (default mit_b3)")
+    parser.add_argument("--size", type=int, nargs=2, default=[512, 1024], metavar=("H", "W"))
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("gpu-check: no CUDA device visible (torch.cuda.is_available() is False); nothing to check here",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    print(f"export parity: {args.encoder} at {args.size[0]}x{args.size[1]}, batch {args.batch}, vs torch {args.device}")
+    for line in run(args.encoder, *args.size, args.batch, args.runs, args.device):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""The FastAPI application (DESIGN §9): ``create_app(settings)`` builds it; ``python -m serving`` runs it.
+
+Models are found when the app is built (so an empty folder fails before the server binds a port)
+and loaded by the lifespan in a background thread, so ``/healthz`` answers at once and ``/readyz``
+turns 200 only after every model is loaded and warmed up.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.errors import ApiError, install_error_handlers
+from serving.images import allow_pixels
+from serving.metrics import ServiceMetrics
+from serving.registry import Loader, ModelRegistry, discover, effective_max_batch, runtime_loader
+from serving.schemas import ErrorBody, ModelEntry, ModelsResponse, SegmentJson, Status
+from serving.segment import OutputFormat, segment
+from serving.settings import Settings
+
+STATIC = Path(__file__).parent / "static"
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        404: "unknown model or backend",
+        408: "the body did not arrive within body_timeout_s",
+        413: "body over max_bytes, or image over max_pixels (decompression bombs included)",
+        415: "not a PNG or JPEG (by content type or by magic bytes)",
+        422: "undecodable image or bad parameter",
+        503: "models still loading, or the model's queue is full (see Retry-After)",
+    }.items()
+}
+_SEGMENT_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+        },
+        "image/png": {"schema": {"type": "string", "format": "binary"}},
+        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+
+class SegmentMetricsMiddleware:
+    """Counts every ``/v1/segment`` response by model, backend and status, whichever layer answered
+    (our errors, FastAPI's 422 validation, the endpoint)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/v1/segment":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            model, backend = state.get("metric_labels", ("none", "none"))
+            self.metrics.requests.labels(model, backend, str(status)).inc()
+
+
+def _model_entry(registry: ModelRegistry, key: tuple[str, str]) -> ModelEntry:
+    served = registry.entries[key]
+    predictor, batcher = served.predictor, served.batcher
+    info = getattr(predictor, "info", None)
+    default_backend = next(b for b in registry.settings.backends if (key[0], b) in registry.entries)
+    return ModelEntry(
+        name=key[0],
+        backend=key[1],
+        default=key[1] == default_backend,
+        state=served.state,
+        error=served.error,
+        path=str(served.spec.path),
+        device=getattr(predictor, "device", None),
+        providers=list(getattr(predictor, "providers", ()) or ()),
+        classes=list(info.classes) if info else [],
+        palette=[list(colour) for colour in info.palette] if info else [],
+        queue_capacity=registry.settings.queue_size,
+        queue_depth=batcher.depth if batcher else 0,
+        max_batch=batcher.max_batch if batcher else effective_max_batch(registry.settings.max_batch, None),
+    )
+
+
+def _add_routes(app: FastAPI, registry: ModelRegistry, settings: Settings) -> None:
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/healthz", response_model=Status, summary="Liveness: the process answers")
+    async def healthz() -> Status:
+        return Status(status="ok")
+
+    @app.get("/readyz", response_model=Status, responses={503: {"model": ErrorBody}}, summary="Readiness")
+    async def readyz() -> Any:
+        ready, detail = registry.readiness()
+        if not ready:
+            raise ApiError(503, f"not ready: {detail}", {"Retry-After": str(settings.retry_after_s)})
+        return Status(status="ready", detail=detail)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def metrics() -> Response:
+        return Response(registry.metrics.render(), media_type=registry.metrics.content_type)
+
+    @app.get("/v1/models", response_model=ModelsResponse, summary="Served models and backends")
+    async def models() -> ModelsResponse:
+        entries = [_model_entry(registry, key) for key in registry.entries]
+        return ModelsResponse(default_model=registry.default_model, models=entries)
+
+    @app.post(
+        "/v1/segment",
+        summary="Segment one PNG/JPEG image",
+        responses={200: {"content": {"image/png": {}}, "model": SegmentJson}, **_ERRORS},
+        openapi_extra={"requestBody": _SEGMENT_BODY},
+    )
+    async def segment_endpoint(
+        request: Request,
+        model: Annotated[str | None, Query(max_length=128, description="model name (default: student)")] = None,
+        backend: Annotated[str | None, Query(max_length=32, description="tensorrt | onnxruntime | torch")] = None,
+        format: Annotated[
+            OutputFormat, Query(description="png: trainIds (mode L); overlay: colour blend; json")
+        ] = "png",
+    ) -> Response:
+        return await segment(request, registry, settings, model, backend, format)
+
+
+def create_app(settings: Settings | None = None, loader: Loader | None = None) -> FastAPI:
+    """The service for ``settings``; ``loader`` (path, backend, device, threads) -> Predictor replaces
+    ``clda_deploy.runtime.load_predictor`` in tests. Raises ``NoModelsError`` for an empty folder."""
+    settings = settings or Settings()
+    allow_pixels(settings.max_pixels)
+    metrics = ServiceMetrics(settings.max_batch or 4)
+    registry = ModelRegistry(discover(settings), settings, metrics, loader or runtime_loader)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry.start()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(registry.close)
+
+    app = FastAPI(
+        title="clda-deploy segmentation",
+        version="0.1.0",
+        description="Semantic segmentation (19 Cityscapes trainIds) with a CLDA student or its UDA teacher.",
+        lifespan=lifespan,
+    )
+    app.state.registry = registry
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.add_middleware(SegmentMetricsMiddleware, metrics=metrics)
+    _add_routes(app, registry, settings)
+    return app
+
+
+def configure_logging(level: str) -> None:
+    """Timestamped ``serving`` logs (model loading, failures) next to uvicorn's own."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def app_from_env() -> FastAPI:
+    """Factory for ``uvicorn --factory serving.app:app_from_env`` (settings from ``CLDA_*``); the
+    worker processes of ``python -m serving --workers N`` start here."""
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

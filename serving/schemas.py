@@ -1,0 +1,56 @@
+"""Response bodies as pydantic models: they document the API in /docs and fix the JSON shapes."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class ErrorDetail(BaseModel):
+    code: int = Field(description="the HTTP status again, for clients that only keep the body")
+    message: str = Field(description="what is wrong, and the limit or the fix")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class Timing(BaseModel):
+    queue: float = Field(description="ms from submission to the start of this request's batch")
+    compute: float = Field(description="ms of the batch's predictor call (preprocessing + inference)")
+    total: float = Field(description="ms inside the server: read, decode, queue, compute, encode")
+
+
+class SegmentJson(BaseModel):
+    model: str
+    backend: str
+    width: int
+    height: int
+    batch_size: int = Field(description="images computed together with this one")
+    histogram: dict[str, int] = Field(description="pixels per class name, every class listed")
+    timing_ms: Timing
+
+
+class ModelEntry(BaseModel):
+    name: str
+    backend: str
+    default: bool = Field(description="used when a request names this model but no backend")
+    state: str = Field(description="loading | ready | failed")
+    error: str | None = None
+    path: str
+    device: str | None = None
+    providers: list[str] = Field(default_factory=list, description="what actually runs (ORT may fall back to CPU)")
+    classes: list[str] = Field(default_factory=list)
+    palette: list[list[int]] = Field(default_factory=list, description="RGB per class, as in the overlay")
+    queue_capacity: int
+    queue_depth: int
+    max_batch: int
+
+
+class ModelsResponse(BaseModel):
+    default_model: str
+    models: list[ModelEntry]
+
+
+class Status(BaseModel):
+    status: str
+    detail: str | None = None

@@ -1,0 +1,144 @@
+"""Service settings: defaults here, overridden by ``CLDA_*`` environment variables, overridden by flags.
+
+pydantic-settings reads the environment (``CLDA_QUEUE_SIZE=32``, ``CLDA_BACKENDS=onnxruntime,torch``,
+``CLDA_TORCH_CHECKPOINTS=student=runs/default/student/model.safetensors``); ``python -m serving`` passes
+its flags as init arguments, which pydantic-settings ranks above the environment. Every limit that
+protects the process (bytes, pixels, queue) lives here so that operators see them in one place.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+BACKEND_NAMES = ("tensorrt", "onnxruntime", "torch")
+
+
+def _split_list(value: Any) -> Any:
+    """``"a,b"`` or a JSON list -> list; lists pass through (env vars are flat strings)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+def _split_pairs(value: Any) -> Any:
+    """``"student=a.safetensors,teacher=b.safetensors"``, a JSON object or a list of pairs -> dict."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            return json.loads(text)
+        value = [item for item in text.split(",") if item.strip()]
+    if isinstance(value, list | tuple):
+        pairs = {}
+        for item in value:
+            name, sep, path = str(item).partition("=")
+            if not sep or not name.strip() or not path.strip():
+                raise ValueError(
+                    f"expected NAME=PATH, got {item!r} (e.g. student=runs/default/student/model.safetensors)"
+                )
+            pairs[name.strip()] = path.strip()
+        return pairs
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything ``create_app`` needs; see README "Serving" for the table of variables."""
+
+    model_config = SettingsConfigDict(env_prefix="CLDA_", extra="forbid", frozen=True)
+
+    # Where models come from.
+    models: Path = Field(Path("runs/default/export"), description="folder with <name>.onnx / <name>.plan files")
+    backends: Annotated[tuple[str, ...], NoDecode] = Field(
+        BACKEND_NAMES, description="backends to load, in order of preference (the first one is each model's default)"
+    )
+    include_fp16: bool = Field(False, description="also serve <name>.fp16.onnx, as model '<name>.fp16'")
+    torch_checkpoints: Annotated[dict[str, Path], NoDecode] = Field(
+        default_factory=dict, description="extra torch-backend models: name -> model.safetensors"
+    )
+    default_model: str = Field("student", description="model used when a request names none (if present)")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    threads: int | None = Field(None, ge=1, description="CPU threads per model (ONNX Runtime intra-op)")
+
+    # HTTP.
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, description="uvicorn worker processes (each loads every model)")
+    log_level: str = "info"
+
+    # Admission, queueing and micro-batching, per (model, backend).
+    queue_size: int = Field(16, ge=1, description="requests admitted at once; more get 503 + Retry-After")
+    # None = by device: 4 on CUDA, 1 (off) on CPU, where batching measured lower throughput
+    # (docs/results.md: ONNX Runtime already uses every core for one image).
+    max_batch: int | None = Field(None, ge=1, description="largest micro-batch; 1 disables batching")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more requests of its size")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After value on 503")
+
+    # Input limits (checked before any pixel is decoded).
+    max_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest request body")
+    max_pixels: int = Field(4096 * 2048, ge=1, description="largest image, width x height")
+    body_timeout_s: float = Field(30.0, gt=0, description="a body that takes longer to arrive gets 408")
+
+    # Inference geometry. None = the image's own size, padded to a multiple of pad_multiple.
+    infer_height: int | None = Field(None, ge=32)
+    infer_width: int | None = Field(None, ge=32)
+    pad_multiple: int = Field(32, ge=1, description="pad native-size inputs (bottom/right) to a multiple of this")
+    warmup_height: int = Field(256, ge=32)
+    warmup_width: int = Field(512, ge=32)
+
+    overlay_alpha: float = Field(0.5, ge=0.0, le=1.0, description="colour weight of the overlay")
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _parse_backends(cls, value: Any) -> Any:
+        value = _split_list(value)
+        unknown = [name for name in value if name not in BACKEND_NAMES]
+        if unknown:
+            raise ValueError(f"unknown backend(s) {unknown}; choose from {list(BACKEND_NAMES)}")
+        if not value:
+            raise ValueError(f"at least one backend is needed; choose from {list(BACKEND_NAMES)}")
+        return value
+
+    @field_validator("torch_checkpoints", mode="before")
+    @classmethod
+    def _parse_checkpoints(cls, value: Any) -> Any:
+        return _split_pairs(value)
+
+    @model_validator(mode="after")
+    def _check_geometry(self) -> Settings:
+        if (self.infer_height is None) != (self.infer_width is None):
+            raise ValueError("set both infer_height and infer_width (or neither, for native-size inference)")
+        return self
+
+    @property
+    def infer_size(self) -> tuple[int, int] | None:
+        """(height, width) every image is resized to, or None for native size."""
+        if self.infer_height is None or self.infer_width is None:
+            return None
+        return self.infer_height, self.infer_width
+
+    @property
+    def warmup_size(self) -> tuple[int, int]:
+        """Warm up at the size requests will run at when it is fixed, else at the configured one."""
+        return self.infer_size or (self.warmup_height, self.warmup_width)
+
+    def to_env(self) -> dict[str, str]:
+        """These settings as ``CLDA_*`` variables, so that uvicorn worker processes rebuild them."""
+        env = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is None:
+                continue
+            if isinstance(value, list):
+                text = ",".join(str(item) for item in value)
+            elif isinstance(value, dict):
+                text = json.dumps(value)
+            else:
+                text = str(value)
+            env[f"CLDA_{name.upper()}"] = text
+        return env

@@ -1,0 +1,16 @@
+from export.gpu_check import main, run
+
+
+def test_export_parity_lines_on_cpu():
+    lines = run("mit_cpu_student", 64, 96, batch=1, runs=1, device="cpu")
+    assert lines[0].startswith("torch cpu")
+    by_name = {line.split(" ")[0]: line for line in lines[1:]}
+    assert set(by_name) == {"onnx_fp32", "onnx_fp16"}
+    fp32_agreement = float(by_name["onnx_fp32"].split("pixel agreement ")[1].split(" %")[0])
+    assert fp32_agreement >= 99.9
+
+
+def test_no_cuda_is_one_clear_line(capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert main(["--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
