@@ -69,10 +69,16 @@ serve: export
 	$(PY) -m serving --models $(EXPORT) --host $(HOST) --port $(PORT)
 
 BENCH := $(RUN)/bench
+BENCH_THREADS ?= $(shell nproc)
+BENCH_ARGS = --threads $(BENCH_THREADS) --out $(BENCH) --results-doc docs/results.md
+# make bench = in-process latency per backend, student vs teacher accuracy, HTTP load (with and
+# without micro-batching) and an overload run; each writes JSON/markdown/PNG into runs/default/bench
+# and its table into docs/results.md. Run it on an otherwise idle machine.
 bench: export
-	$(PY) -m serving.bench latency --models $(RUN) --out $(BENCH)
-	$(PY) -m serving.bench accuracy --models $(RUN) --out $(BENCH)
-	$(PY) -m serving.bench http --spawn --models $(EXPORT) --out $(BENCH)
+	$(PY) -m serving.bench latency --models $(RUN) $(BENCH_ARGS)
+	$(PY) -m serving.bench accuracy --models $(RUN) $(BENCH_ARGS)
+	$(PY) -m serving.bench http --spawn --models $(EXPORT) --requests 16 $(BENCH_ARGS)
+	$(PY) -m serving.bench http --spawn --overload --models $(EXPORT) $(BENCH_ARGS)
 
 # On a CUDA machine: AMP training steps and inference (training), then ONNX export parity vs torch-CUDA.
 gpu-check: $(STAMP)

@@ -33,7 +33,11 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)``, fsync, then rename onto ``path``; the temp file never survives."""
+    """Call ``write(tmp_path)``, fsync, then rename onto ``path``; the temp file never survives.
+
+    mkstemp creates 0600 files; the result gets ``0666 & ~umask`` like any file ``open`` creates,
+    because models and reports are read by other users (a server container, Triton, CI).
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,6 +50,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
         write(tmp)
         with open(tmp, "rb") as stream:
             os.fsync(stream.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from clda_deploy.checkpoint import atomic_write
+from clda_deploy.results_doc import write_section
 
 STUDENT_ROWS = {"kd_only": "none", "clda_random": "random", "clda_token": "token", "clda_channel": "channel",
                 "clda_both": "both"}  # fmt: skip
 ROWS = ("independent_student", *STUDENT_ROWS, "teacher_before", "teacher_after")
-START, END = "<!-- clda_ablation:start -->", "<!-- clda_ablation:end -->"
 
 
 def read_miou(path: Path) -> float:
@@ -80,7 +80,7 @@ def run_ablation(config: str, teacher: str, overrides: list[str], seeds: list[in
     command = (f"python -m training ablation -c {config} --teacher {teacher} --seeds {len(seeds)} --runs {runs}"
                + (f" --set {' '.join(overrides)}" if overrides else ""))  # fmt: skip
     table = markdown(summary, command)
-    write_section(Path(out), table)
+    write_section(Path(out), "clda_ablation", "CLDA ablation (Tab. 3)", table)
     print(table)
     return summary
 
@@ -91,14 +91,3 @@ def markdown(summary: dict[str, Any], command: str) -> str:
         per_seed = ", ".join(f"{s['miou']:.2f}" for s in entry["seeds"])
         rows.append(f"| {name} | {entry['miou_mean']:.2f} ± {entry['miou_std']:.2f} | {per_seed} |")
     return "\n".join([f"Command: `{command}`", "", *rows])
-
-
-def write_section(path: Path, table: str) -> None:
-    """Put ``table`` between the ablation markers of ``path`` (appended with a heading if absent)."""
-    text = path.read_text() if path.is_file() else ""
-    block = f"{START}\n{table}\n{END}"
-    if START in text and END in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END) :]
-    else:
-        text = f"{text.rstrip()}\n\n## CLDA ablation (Tab. 3)\n\n{block}\n".lstrip()
-    atomic_write(path, lambda tmp: tmp.write_text(text))

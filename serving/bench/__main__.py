@@ -28,6 +28,9 @@ def _common(parser: argparse.ArgumentParser, threads_help: str) -> None:
     parser.add_argument("--device", default="auto", help="auto (GPU when usable) | cpu | cuda | cuda:N (default auto)")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--results-doc", default=None, metavar="MD", help="also put the table into this markdown file's own section"
+    )
 
 
 def _model_args(parser: argparse.ArgumentParser, backends: list[str]) -> None:
@@ -67,7 +70,7 @@ def _http_parser(commands: Any) -> None:
     http.add_argument("--image", help="send this PNG/JPEG instead of a rendered SynthCity scene")
     http.add_argument("--format", default="png", choices=("png", "json", "overlay"), help="response format")
     http.add_argument("--batching", default="both", choices=("both", "on", "off"), help="--spawn: which servers")
-    http.add_argument("--max-batch", type=int, help="--spawn: max_batch of the batching server")
+    http.add_argument("--max-batch", type=int, help="--spawn: max_batch of the batching server (default 4)")
     http.add_argument("--max-wait-ms", type=float, help="--spawn: max_wait_ms of the batching server")
     http.add_argument("--queue-size", type=int, help="--spawn: queue_size per model (server default 16)")
     http.add_argument("--deadline", type=float, default=300.0, help="hard limit per cell, seconds (default 300)")
@@ -208,9 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     from clda_deploy.checkpoint import CheckpointError
     from clda_deploy.config import ConfigError
     from clda_deploy.runtime import RuntimeLoadError
-    from serving.bench.common import machine_info
+    from serving.bench.common import load_average, machine_info
     from serving.bench.report import write_outputs
 
+    load_before = load_average()
     try:
         import torch
 
@@ -223,10 +227,17 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "command": command_line(argv),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(args.threads),
+        "machine": machine_info(args.threads, load_before),
         **payload,
     }
-    write_outputs(Path(args.out), stem, payload, markdown(payload), lambda path: plot(payload, path))
+    table = markdown(payload)
+    write_outputs(Path(args.out), stem, payload, table, lambda path: plot(payload, path))
+    if args.results_doc:
+        from clda_deploy.results_doc import write_section
+
+        body = f"Command: `{payload['command']}`\n\n{table}"
+        write_section(args.results_doc, f"bench_{stem}", f"Benchmark: {stem} (`serving.bench`)", body)
+        print(f"updated the bench_{stem} section of {args.results_doc}")
     return 0
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.bench.common import size_label
-from serving.bench.report import grouped_bars, markdown_table
+from serving.bench.report import grouped_bars, machine_line, markdown_table
 
 
 def _pair(payload: dict[str, Any]) -> tuple[dict | None, dict | None]:
@@ -73,7 +73,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
         "## Accuracy and latency: student vs teacher",
         "",
         f"`{payload['command']}`  ",
-        f"{payload['machine']['cpu']}, {settings['threads']} threads, device {settings['device']}; "
+        f"{machine_line(payload['machine'], settings['threads'])}; device {settings['device']}  ",
         f"{dataset['format']} {dataset['root']} ({dataset['split']}), {dataset['evaluated']} of {dataset['images']} "
         f"images, {dataset['eval_mode']} inference; latency = {settings['warmup']} warm-up + {settings['iters']} "
         "timed calls on the first image, batch 1",

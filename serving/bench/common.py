@@ -23,6 +23,8 @@ RUNTIME_BACKEND = {
 }
 ROLES = ("teacher", "student")
 DEFAULT_RUN = "runs/default"
+# Environment variables that change CPU numbers (recorded with every report).
+THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "KMP_BLOCKTIME", "CUDA_VISIBLE_DEVICES")
 DEFAULT_OUT = "runs/default/bench"
 
 
@@ -186,8 +188,18 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def machine_info(threads: int | None = None) -> dict[str, Any]:
-    """CPU model, core counts, memory, library versions and GPU name, for the JSON reports."""
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def machine_info(threads: int | None = None, load_before: float | None = None) -> dict[str, Any]:
+    """CPU model, core counts, memory, library versions, GPU name and the load average before and
+    after the run, for the JSON reports: on a shared machine other processes' load changes every
+    CPU number (oversubscribed OpenMP threads in particular), and the reader must be able to see it."""
     import torch
 
     info: dict[str, Any] = {
@@ -199,6 +211,8 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "load_average_1m": {"before": load_before, "after": load_average()},
+        "thread_env": {key: os.environ[key] for key in THREAD_ENV if key in os.environ},
     }
     try:
         import psutil

@@ -1,7 +1,7 @@
 """``python -m serving.bench http``: end-to-end latency and throughput of the service on loopback.
 
-Per server configuration (spawned: ``max_batch=1`` and the batching default, one after the other,
-never at the same time), per model and concurrency level, a fixed number of requests. The HTTP
+Per server configuration (spawned: ``max_batch=1`` and ``max_batch=4``, one after the other, never
+at the same time), per model and concurrency level, a fixed number of requests. The HTTP
 overhead is the end-to-end p50 at concurrency 1 over the in-process p50 of the very file the
 server runs (its path from ``/v1/models``), same backend, size and thread count, measured in the
 same run while no server is busy. ``--overload`` instead fires 4x the queue capacity at once and
@@ -34,6 +34,7 @@ from serving.bench.server import (
 
 OVERHEAD_TARGET_PCT = 15.0
 OVERLOAD_FACTOR = 4
+BATCHING_MAX_BATCH = 4  # the micro-batching server's max_batch unless --max-batch says otherwise
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,12 @@ def request_image(settings: HttpSettings) -> tuple[bytes, np.ndarray, str]:
 
 def server_env(settings: HttpSettings, mode: str) -> dict[str, str]:
     """``CLDA_*`` settings of a spawned server: same threads as the in-process reference, warm-up
-    at the request size (so the first timed request is not the first at that size), quiet logs."""
+    at the request size (so the first timed request is not the first at that size), quiet logs.
+
+    ``mode``: ``off`` = ``max_batch=1``; ``on`` = micro-batching with ``--max-batch`` (default
+    ``BATCHING_MAX_BATCH``: the server's own default is 1 on CPU, so "default" would compare a
+    server with itself there); ``default`` = whatever the server chooses (used by ``--overload``).
+    """
     env = {
         "CLDA_THREADS": str(settings.threads),
         "CLDA_DEVICE": settings.device,
@@ -97,11 +103,10 @@ def server_env(settings: HttpSettings, mode: str) -> dict[str, str]:
         env["CLDA_QUEUE_SIZE"] = str(settings.queue_size)
     if mode == "off":
         env["CLDA_MAX_BATCH"] = "1"
-    else:
-        if settings.max_batch is not None:
-            env["CLDA_MAX_BATCH"] = str(settings.max_batch)
-        if settings.max_wait_ms is not None:
-            env["CLDA_MAX_WAIT_MS"] = str(settings.max_wait_ms)
+    elif mode == "on" or settings.max_batch is not None:
+        env["CLDA_MAX_BATCH"] = str(settings.max_batch or BATCHING_MAX_BATCH)
+    if mode != "off" and settings.max_wait_ms is not None:
+        env["CLDA_MAX_WAIT_MS"] = str(settings.max_wait_ms)
     return env
 
 
@@ -117,37 +122,22 @@ def _entries(url: str, names: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     return {name: by_name[name] for name in names}
 
 
+def _cell(server: Server, settings: HttpSettings, model: str, body: bytes, concurrency: int, requests: int) -> dict:
+    return run_load(server.url, model, body, concurrency, requests, settings.deadline_s, settings.timeout_s,
+                    settings.output_format)  # fmt: skip
+
+
 def run_cells(server: Server, settings: HttpSettings, body: bytes, bar: Any) -> dict[str, Any]:
     """Every (model, concurrency) cell on one server, with the server's RSS over the whole run."""
     entries = _entries(server.url, settings.models)
     sampler = RssSampler(server.pid).start()
     cells = []
     for model in settings.models:
-        if settings.warmup > 0:
-            run_load(
-                server.url,
-                model,
-                body,
-                1,
-                settings.warmup,
-                settings.deadline_s,
-                settings.timeout_s,
-                settings.output_format,
-            )
+        if settings.warmup > 0:  # untimed: the first requests of a model pay one-off costs
+            _cell(server, settings, model, body, 1, settings.warmup)
         for concurrency in settings.concurrency:
             bar.set_postfix_str(f"{server.label} {model} c={concurrency}")
-            cells.append(
-                run_load(
-                    server.url,
-                    model,
-                    body,
-                    concurrency,
-                    settings.requests,
-                    settings.deadline_s,
-                    settings.timeout_s,
-                    settings.output_format,
-                )
-            )
+            cells.append(_cell(server, settings, model, body, concurrency, settings.requests))
             bar.update(settings.requests)
     first = entries[settings.models[0]]
     return {
@@ -175,9 +165,7 @@ def run_overload(server: Server, settings: HttpSettings, body: bytes) -> dict[st
     sampler = RssSampler(server.pid).start()
     waves = []
     for _ in range(settings.overload_waves):
-        cell = run_load(
-            server.url, model, body, count, count, settings.deadline_s, settings.timeout_s, settings.output_format
-        )
+        cell = _cell(server, settings, model, body, count, count)
         waves.append({**cell, "rss_after_mib": sampler.current_mib()})
     rss = sampler.stop(settle_s=1.0)
     statuses: Counter[str] = Counter()
@@ -204,10 +192,12 @@ def _servers(settings: HttpSettings) -> list[tuple[str, dict[str, str] | None]]:
     """(label, env) per server to load; env None = the running ``--url`` server."""
     if settings.url:
         return [("as running", None)]
-    modes = {"both": ("off", "on"), "on": ("on",), "off": ("off",)}[settings.batching]
     if settings.overload:
-        modes = modes[-1:]
-    return [("max_batch=1" if mode == "off" else "batching", server_env(settings, mode)) for mode in modes]
+        label = "server default" if settings.max_batch is None else f"max_batch={settings.max_batch}"
+        return [(label, server_env(settings, "default"))]
+    modes = {"both": ("off", "on"), "on": ("on",), "off": ("off",)}[settings.batching]
+    batched = f"max_batch={settings.max_batch or BATCHING_MAX_BATCH}"
+    return [("max_batch=1" if mode == "off" else batched, server_env(settings, mode)) for mode in modes]
 
 
 def _open(label: str, env: dict[str, str] | None, settings: HttpSettings) -> Server:
@@ -251,7 +241,7 @@ def run_http(settings: HttpSettings) -> dict[str, Any]:
         runs[0]["models"], settings.device, settings.threads, settings.warmup + 1, settings.inprocess_iters, rgb
     )
     rows = overheads(runs, reference)
-    headline = rows[0] if rows else None
+    headline = rows[0] if rows else None  # first server (max_batch=1 when both run), first --names model
     if headline is not None:
         headline = {
             **headline,

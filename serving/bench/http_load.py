@@ -69,7 +69,8 @@ async def _load(
     claimed = 0
     end = time.monotonic() + deadline_s
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout_s) as client:
+    # trust_env=False: no proxy from the environment may relay loopback traffic elsewhere.
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout_s, trust_env=False) as client:
 
         async def worker() -> None:
             nonlocal claimed
@@ -86,6 +87,7 @@ async def _load(
         _, pending = await asyncio.wait(tasks, timeout=deadline_s + 1.0)
         for task in pending:  # a request the per-request limit did not stop (should not happen)
             task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         wall_s = time.perf_counter() - start
     outcomes += [Outcome("deadline", deadline_s * 1000.0)] * (claimed - len(outcomes))
     return outcomes, wall_s

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.bench.common import size_label
-from serving.bench.report import draw_bars, figure, fmt, markdown_table, save_figure
+from serving.bench.report import draw_bars, figure, fmt, machine_line, markdown_table, save_figure
 
 
 def _statuses(statuses: dict[str, int]) -> str:
@@ -19,7 +19,8 @@ def _header(payload: dict[str, Any], title: str) -> list[str]:
         f"## {title}",
         "",
         f"`{payload['command']}`  ",
-        f"{payload['machine']['cpu']}, server threads {settings['threads']}, device {settings['device']}; "
+        f"{machine_line(payload['machine'], settings['threads'], ' (server and in-process)')}; "
+        f"device {settings['device']}  ",
         f"{size_label(image['size'])} PNG of {image['bytes'] / 1024:.0f} KiB ({image['source']}), "
         f"format={settings['output_format']}",
         "",
@@ -72,7 +73,8 @@ def _summary_lines(payload: dict[str, Any]) -> list[str]:
         lines.append(
             f"- HTTP overhead ({row['server']}, {row['model']}, {row['backend']}, concurrency 1): "
             f"{row['http_p50_ms']:.1f} ms end-to-end vs {row['inprocess_p50_ms']:.1f} ms in-process = "
-            f"{row['overhead_pct']:+.1f}%"
+            f"{row['overhead_pct']:+.1f}% (server-reported: inference incl. preprocessing "
+            f"{fmt(row['server_inference_p50_ms'], 1)} ms, queue {fmt(row['server_queue_p50_ms'], 1)} ms)"
         )
     headline = payload["headline"]["overhead"]
     if headline is not None:

@@ -13,7 +13,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from serving.bench.common import ModelFile, describe
+from serving.bench.common import BenchError, ModelFile, describe
 from serving.bench.flops import count_flops, matmul_rate
 from serving.bench.stats import ratio, summarize
 from serving.bench.timing import make_batch, open_predictor, predictor_details, runtime_module, time_predictor
@@ -182,13 +182,16 @@ def _compute_device(device: str) -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BenchError(f"--device {device} requested but CUDA is not available here; use --device cpu or auto")
     return device
 
 
 def run_latency(files: list[ModelFile], missing: list[dict], settings: LatencySettings) -> dict[str, Any]:
-    """Steps: 1 FLOPs per model/size; 2 matmul rate; 3 time every file/size/batch; 4 ratios."""
+    """Steps: 1 device; 2 FLOPs per model/size; 3 matmul rate; 4 time every file/size/batch; 5 ratios."""
+    device = _compute_device(settings.device)
     flops = model_flops(files, settings)
-    matmul = matmul_rate(settings.threads, size=settings.matmul_size, device=_compute_device(settings.device))
+    matmul = matmul_rate(settings.threads, size=settings.matmul_size, device=device)
     total = len(files) * len(settings.sizes) * len(settings.batches) * (settings.warmup + settings.iters)
     rows: list[dict] = []
     skipped: list[dict] = [dict(entry) for entry in missing]

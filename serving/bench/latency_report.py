@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.bench.common import size_label
-from serving.bench.report import fmt, grouped_bars, markdown_table
+from serving.bench.report import fmt, grouped_bars, machine_line, markdown_table
 
 
 def _results_table(rows: list[dict]) -> str:
@@ -49,7 +49,7 @@ def _ratio_lines(payload: dict[str, Any]) -> list[str]:
     primary = ratios["primary"]
     where = f"{primary['model']}, {size_label(primary['size'])}, batch {primary['batch']}"
     headline = ratios["headline"]
-    lines = [f"- fp32 matmul rate ({matmul['size']}², {matmul['threads']} threads): {matmul['gflops']:.1f} GFLOP/s"]
+    lines = [f"- fp32 matmul rate ({matmul['size']}², threads {matmul['threads']}): {matmul['gflops']:.1f} GFLOP/s"]
     speedup = headline["ort_vs_torch_speedup"]
     if speedup is None:
         lines.append(f"- ONNX Runtime vs PyTorch eager ({where}): not measured (needs both rows)")
@@ -88,7 +88,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
         "## In-process latency",
         "",
         f"`{payload['command']}`  ",
-        f"{payload['machine']['cpu']}, {settings['threads']} threads (PyTorch and ONNX Runtime alike), "
+        f"{machine_line(payload['machine'], settings['threads'], ' (PyTorch and ONNX Runtime alike)')}  ",
         f"device {settings['device']}, {settings['warmup']} warm-up + {settings['iters']} timed calls per row",
         "",
         _results_table(payload["results"]),

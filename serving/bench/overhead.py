@@ -62,6 +62,10 @@ def overheads(runs: list[dict[str, Any]], reference: dict[str, Any]) -> list[dic
                     "http_p50_ms": http_p50,
                     "inprocess_p50_ms": inproc_p50,
                     "overhead_pct": 100.0 * (http_p50 / inproc_p50 - 1.0),
+                    # Where the time goes: the server's own split (its "inference" includes the
+                    # shared preprocessing); the rest is decode, PNG encode, HTTP and the client.
+                    "server_inference_p50_ms": (cell["server_inference_ms"] or {}).get("p50"),
+                    "server_queue_p50_ms": (cell["server_queue_ms"] or {}).get("p50"),
                 }
             )
     return rows

@@ -6,26 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` then rename ``tmp`` onto ``path``; the temporary file never survives."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+from clda_deploy.checkpoint import atomic_write
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> Path:
@@ -46,6 +31,26 @@ def fmt(value: Any, digits: int = 2) -> str:
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def machine_line(machine: dict[str, Any], threads: int, threads_note: str = "") -> str:
+    """``CPU, N threads; load before/after; thread env`` with a warning when the machine was busy:
+    on an oversubscribed CPU, PyTorch's OpenMP threads spin-wait for descheduled peers and eager
+    latency can grow tenfold while ONNX Runtime's own thread pool barely notices."""
+    load = machine.get("load_average_1m") or {}
+    before, after = load.get("before"), load.get("after")
+    line = f"{machine['cpu']}, {threads} thread{'s' if threads != 1 else ''}{threads_note}"
+    if before is not None:
+        line += f"; 1-min load average {before:.2f} before, {fmt(after)} after, on {machine['usable_cores']} cores"
+    environment = machine.get("thread_env") or {}
+    if environment:
+        line += "; " + ", ".join(f"{key}={value}" for key, value in environment.items())
+    if before is not None and before >= 0.5 * machine["usable_cores"]:
+        line += " (**the machine was busy before the run: CPU numbers are pessimistic"
+        if "OMP_WAIT_POLICY" not in environment:
+            line += "; PyTorch eager suffers most, rerun with OMP_WAIT_POLICY=PASSIVE or on an idle machine"
+        line += "**)"
+    return line
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 2) -> str:

@@ -61,10 +61,10 @@ class Server:
 
 def wait_ready(server: Server, timeout_s: float) -> float:
     """Poll ``/readyz`` until it answers 200; seconds waited. A BenchError when the process exits
-    or ``timeout_s`` passes, naming the last answer (or connection error) and the log tail."""
+    or ``timeout_s`` passes, naming the last answer (or connection error) or the server's last log line."""
     start = time.monotonic()
     last = "no answer"
-    with httpx.Client(timeout=5.0) as client:
+    with httpx.Client(timeout=5.0, trust_env=False) as client:
         while time.monotonic() - start < timeout_s:
             if server.process is not None and server.process.poll() is not None:
                 raise BenchError(
@@ -134,7 +134,7 @@ def stop_server(server: Server, grace_s: float = 15.0) -> None:
 def served_models(url: str) -> list[dict[str, Any]]:
     """``GET /v1/models`` entries (name, backend, default, queue_capacity, max_batch, ...)."""
     try:
-        answer = httpx.get(f"{url}/v1/models", timeout=10.0)
+        answer = httpx.get(f"{url}/v1/models", timeout=10.0, trust_env=False)
         answer.raise_for_status()
         return list(answer.json()["models"])
     except (httpx.HTTPError, KeyError, ValueError) as exc:
@@ -144,7 +144,7 @@ def served_models(url: str) -> list[dict[str, Any]]:
 def check_reachable(url: str) -> None:
     """A BenchError naming the URL when nothing answers there."""
     try:
-        httpx.get(f"{url}/healthz", timeout=5.0)
+        httpx.get(f"{url}/healthz", timeout=5.0, trust_env=False)
     except httpx.HTTPError as exc:
         raise BenchError(
             f"server not reachable at {url} ({type(exc).__name__}: {exc}); start it with "

@@ -117,8 +117,11 @@ def test_training_cost_comparison_runs_every_mode(smoke_teacher, tmp_path):
 
 
 def test_ablation_runs_every_row_and_writes_json_and_table(tiny_synthcity, smoke_teacher, tmp_path):
+    from clda_deploy.results_doc import section_markers
     from training.__main__ import main
-    from training.ablation import ROWS, START
+    from training.ablation import ROWS
+
+    start = section_markers("clda_ablation")[0]
 
     results = tmp_path / "results.md"
     results.write_text("# Results\n\nearlier text\n")
@@ -129,6 +132,6 @@ def test_ablation_runs_every_row_and_writes_json_and_table(tiny_synthcity, smoke
     summary = json.loads((tmp_path / "ablation.json").read_text())
     assert list(summary) == list(ROWS) and all(len(row["seeds"]) == 1 for row in summary.values())
     text = results.read_text()
-    assert "earlier text" in text and text.count(START) == 1
+    assert "earlier text" in text and text.count(start) == 1
     assert main(args) == 0, "finished runs are reused"
-    assert results.read_text().count(START) == 1
+    assert results.read_text().count(start) == 1

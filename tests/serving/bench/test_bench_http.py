@@ -45,9 +45,9 @@ def test_spawned_server_load_overhead_and_batching(tiny_export, tmp_path, capsys
     payload = json.loads((out / "http.json").read_text())
     assert payload["command"].startswith("python -m serving.bench http --spawn")
     servers = payload["servers"]
-    assert [s["label"] for s in servers] == ["max_batch=1", "batching"]
+    assert [s["label"] for s in servers] == ["max_batch=1", "max_batch=4"]
     assert servers[0]["env"]["CLDA_MAX_BATCH"] == "1" and servers[0]["max_batch"] == 1
-    assert servers[1]["max_batch"] > 1 and servers[0]["url"].startswith("http://127.0.0.1:")
+    assert servers[1]["max_batch"] == 4 and servers[0]["url"].startswith("http://127.0.0.1:")
     for server in servers:
         assert 0 < server["rss"]["before_mib"] <= server["rss"]["peak_mib"]
         assert [(c["model"], c["concurrency"]) for c in server["cells"]] == [
@@ -62,7 +62,12 @@ def test_spawned_server_load_overhead_and_batching(tiny_export, tmp_path, capsys
             assert cell["server_inference_ms"]["p50"] > 0
     assert set(payload["inprocess"]) == {"student", "teacher"}
     assert payload["inprocess"]["student"]["latency_ms"]["n"] == 3
-    pairs = [("max_batch=1", "student"), ("max_batch=1", "teacher"), ("batching", "student"), ("batching", "teacher")]
+    pairs = [
+        ("max_batch=1", "student"),
+        ("max_batch=1", "teacher"),
+        ("max_batch=4", "student"),
+        ("max_batch=4", "teacher"),
+    ]
     assert [(r["server"], r["model"]) for r in payload["overhead"]] == pairs
     headline = payload["headline"]["overhead"]
     assert headline["model"] == "student" and headline["target_pct"] == 15.0 and isinstance(headline["met"], bool)

@@ -106,3 +106,15 @@ def test_timing_synchronizes_cuda_before_the_clock_stops(monkeypatch):
     assert predictor.calls == 5 and synced == ["cuda:0"] * 5
     with pytest.raises(BenchError, match="--iters"):
         time_predictor(predictor, np.zeros((1, 3, 8, 8), np.float32), warmup=0, iters=0)
+
+
+def test_machine_line_flags_a_busy_machine():
+    from serving.bench.report import machine_line
+
+    machine = {"cpu": "Test CPU", "usable_cores": 2, "load_average_1m": {"before": 1.5, "after": 2.0}}
+    assert "busy" in machine_line(machine, 1) and machine_line(machine, 1).startswith("Test CPU, 1 thread;")
+    assert "OMP_WAIT_POLICY=PASSIVE" in machine_line(machine, 1)
+    machine["thread_env"] = {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert machine_line(machine, 1).count("OMP_WAIT_POLICY") == 1, "the advice goes once the variable is set"
+    machine["load_average_1m"]["before"] = 0.2
+    assert "busy" not in machine_line(machine, 2) and "2 threads" in machine_line(machine, 2)

@@ -43,9 +43,15 @@ def test_latency_writes_json_markdown_and_plot(tiny_run, tiny_export, tmp_path, 
         "256",
         "--out",
         str(out),
+        "--results-doc",
+        str(tmp_path / "results.md"),
     ]
+    (tmp_path / "results.md").write_text("# Results\n\nhand-written text\n")
     assert run_bench(argv) == 0
     payload = json.loads((out / "latency.json").read_text())
+    doc = (tmp_path / "results.md").read_text()
+    assert "hand-written text" in doc and "<!-- bench_latency:start -->" in doc
+    assert payload["command"] in doc
     assert payload["command"].startswith("python -m serving.bench latency --models")
     assert {"cpu", "logical_cores", "threads", "torch", "onnxruntime"} <= set(payload["machine"])
     assert payload["machine"]["threads"] == 1 and payload["settings"]["threads"] == 1
