@@ -235,8 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.results_doc:
         from clda_deploy.results_doc import write_section
 
-        body = f"Command: `{payload['command']}`\n\n{table}"
-        write_section(args.results_doc, f"bench_{stem}", f"Benchmark: {stem} (`serving.bench`)", body)
+        # The table opens with its own "## ..." heading: it becomes the section's heading.
+        first, _, rest = table.strip().partition("\n")
+        heading = first.lstrip("#").strip() if first.startswith("#") else f"Benchmark: {stem}"
+        write_section(args.results_doc, f"bench_{stem}", heading, rest if first.startswith("#") else table)
         print(f"updated the bench_{stem} section of {args.results_doc}")
     return 0
 

@@ -130,3 +130,14 @@ def test_hflip_mirrors_image_and_label_together():
     flipped_image, flipped_label = transforms.hflip(image, label)
     assert np.array_equal(flipped_label, [[3, 2, 1], [6, 5, 4]])
     assert np.array_equal(flipped_image[:, 0], image[:, 2]) and flipped_image.flags["C_CONTIGUOUS"]
+
+
+def test_normalization_is_bit_identical_to_the_plain_formula():
+    from clda_deploy.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_numpy
+
+    image = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    mean, std = np.asarray(IMAGENET_MEAN, np.float32), np.asarray(IMAGENET_STD, np.float32)
+    expected = ((image.astype(np.float32) - mean) / std).transpose(2, 0, 1)
+    result = normalize_numpy(image)
+    assert result.flags["C_CONTIGUOUS"] and result.dtype == np.float32
+    np.testing.assert_array_equal(result, expected)
