@@ -80,7 +80,9 @@ def _summary_lines(payload: dict[str, Any]) -> list[str]:
     if headline is not None:
         met = "met" if headline["met"] else "NOT met"
         lines.append(
-            f"- headline overhead: {headline['overhead_pct']:+.1f}% (target ≤ {headline['target_pct']:g}%: {met})"
+            f"- headline overhead ({headline['model']}, {headline['server']}, HTTP and in-process calls interleaved): "
+            f"{headline['http_p50_ms']:.1f} ms vs {headline['inprocess_p50_ms']:.1f} ms = "
+            f"{headline['overhead_pct']:+.1f}% (target ≤ {headline['target_pct']:g}%: {met})"
         )
     for gain in payload["batching"]:
         lines.append(

@@ -2,47 +2,78 @@
 
 Overhead = end-to-end p50 at concurrency 1 / in-process p50 - 1, where the in-process number comes
 from the very file the server runs (its path from ``/v1/models``), same backend, image, thread
-count, measured in the same run while no server is busy: the difference is decoding, the shared
-preprocessing, PNG encoding, HTTP and the queue, which is what the service adds.
+count: the difference is decoding, the shared preprocessing, PNG encoding, HTTP and the queue,
+which is what the service adds.
+
+The two are measured *interleaved* (one HTTP request, then one in-process call, repeated), never
+one series after the other: on a shared machine the speed of the same call drifts by 10-20 %
+within minutes, which would swamp a 15 % overhead target measured from two separate series.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from serving.bench.common import ModelFile, backend_of, describe
+from serving.bench.common import BenchError, ModelFile, backend_of, describe
 from serving.bench.stats import ratio, summarize
-from serving.bench.timing import open_predictor, predictor_details, time_predictor
+from serving.bench.timing import open_predictor, predictor_details, synchronize
 
 
-def inprocess_reference(
-    entries: dict[str, dict[str, Any]], device: str, threads: int, warmup: int, iters: int, rgb: np.ndarray
+def interleaved_overhead(
+    url: str, entries: dict[str, dict[str, Any]], body: bytes, rgb: np.ndarray, settings: Any
 ) -> dict[str, Any]:
-    """In-process latency of each served file (``entries``: ``/v1/models`` entry per model) on the
-    request's image, preprocessed as the server does, labels only (what ``format=png`` needs)."""
+    """Per served model: ``iters`` rounds of one PNG request to ``url`` and one in-process call of the
+    served file (labels only, what ``format=png`` needs), alternating; summaries of both series."""
+    import httpx
+
     from clda_deploy.data.transforms import preprocess_numpy
 
     images = preprocess_numpy(rgb)
-    reference: dict[str, Any] = {}
-    for model, entry in entries.items():
-        path = Path(entry.get("path") or "")
-        if not path.is_file():
-            reference[model] = {"skipped": f"served file {path} not readable from here"}
-            continue
-        try:
-            predictor = open_predictor(ModelFile(model, backend_of(path), path), device, threads)
-        except Exception as exc:  # e.g. a TensorRT engine served elsewhere, a file this process cannot read
-            reference[model] = {"path": str(path), "skipped": describe(exc)}
-            continue
-        try:
-            times = time_predictor(predictor, images, warmup, iters)
-            reference[model] = {"path": str(path), **predictor_details(predictor), "latency_ms": summarize(times)}
-        finally:
-            predictor.close()
-    return reference
+    result: dict[str, Any] = {}
+    with httpx.Client(base_url=url, timeout=settings.timeout_s, trust_env=False) as client:
+        for model, entry in entries.items():
+            path = Path(entry.get("path") or "")
+            try:
+                predictor = open_predictor(ModelFile(model, backend_of(path), path), settings.device, settings.threads)
+            except Exception as exc:  # e.g. a TensorRT engine served elsewhere, a file this process cannot read
+                result[model] = {"path": str(path), "skipped": describe(exc)}
+                continue
+            try:
+                http_ms, local_ms = _alternate(client, model, body, predictor, images, settings)
+            finally:
+                predictor.close()
+            result[model] = {
+                "path": str(path),
+                **predictor_details(predictor),
+                "latency_ms": summarize(local_ms),
+                "http_latency_ms": summarize(http_ms),
+                "interleaved": True,
+            }
+    return result
+
+
+def _alternate(client: Any, model: str, body: bytes, predictor: Any, images: np.ndarray, settings: Any) -> tuple:
+    device = str(getattr(predictor, "device", "cpu"))
+    params = {"model": model, "format": settings.output_format}
+    http_ms: list[float] = []
+    local_ms: list[float] = []
+    for round_index in range(max(settings.warmup, 1) + settings.inprocess_iters):
+        start = time.perf_counter()
+        response = client.post("/v1/segment", params=params, content=body, headers={"Content-Type": "image/png"})
+        elapsed = (time.perf_counter() - start) * 1000.0
+        if response.status_code != 200:
+            raise BenchError(f"{model}: the server answered {response.status_code}: {response.text[:200]}")
+        start = time.perf_counter()
+        predictor.predict(images, want_logits=False)
+        synchronize(device)
+        if round_index >= max(settings.warmup, 1):  # the first rounds are warm-up
+            http_ms.append(elapsed)
+            local_ms.append((time.perf_counter() - start) * 1000.0)
+    return http_ms, local_ms
 
 
 def overheads(runs: list[dict[str, Any]], reference: dict[str, Any]) -> list[dict[str, Any]]:

@@ -61,7 +61,8 @@ def test_spawned_server_load_overhead_and_batching(tiny_export, tmp_path, capsys
             assert cell["throughput_rps"] > 0 and cell["latency_ms"]["p50"] > 0 and cell["mean_batch_size"] >= 1
             assert cell["server_inference_ms"]["p50"] > 0
     assert set(payload["inprocess"]) == {"student", "teacher"}
-    assert payload["inprocess"]["student"]["latency_ms"]["n"] == 3
+    assert payload["inprocess"]["student"]["latency_ms"]["n"] == 3 and payload["inprocess"]["student"]["interleaved"]
+    assert payload["inprocess"]["student"]["http_latency_ms"]["n"] == 3
     pairs = [
         ("max_batch=1", "student"),
         ("max_batch=1", "teacher"),
@@ -71,6 +72,7 @@ def test_spawned_server_load_overhead_and_batching(tiny_export, tmp_path, capsys
     assert [(r["server"], r["model"]) for r in payload["overhead"]] == pairs
     headline = payload["headline"]["overhead"]
     assert headline["model"] == "student" and headline["target_pct"] == 15.0 and isinstance(headline["met"], bool)
+    assert headline["method"] == "interleaved"
     assert len(payload["batching"]) == 4 and all(g["speedup"] > 0 for g in payload["batching"])
     assert "HTTP overhead" in (out / "http.md").read_text()
     assert (out / "http.png").read_bytes().startswith(b"\x89PNG")
