@@ -18,11 +18,11 @@ from clda_deploy.runtime import (
     Predictor,
     RuntimeLoadError,
     TorchPredictor,
-    _read_sidecar,
     available_backends,
     load_predictor,
     model_name,
 )
+from clda_deploy.tensorrt_runtime import _read_sidecar
 
 SMALL = ["model.encoder=mit_cpu_student", "model.head_channels=32"]
 
