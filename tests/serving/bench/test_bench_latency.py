@@ -19,6 +19,10 @@ EXPECTED_ROW_KEYS = {
 }
 
 
+# One tiny size, no warm-up, one timed call: enough to exercise every code path in seconds.
+QUICK = "--sizes 32x64 --warmup 0 --iters 1 --threads 1 --device cpu --matmul-size 256".split()
+
+
 def test_latency_writes_json_markdown_and_plot(tiny_run, tiny_export, tmp_path, capsys):
     out = tmp_path / "bench"
     argv = [
@@ -92,18 +96,7 @@ def test_latency_explicit_models_and_clear_errors(tiny_run, tmp_path, capsys):
         "latency",
         "--model",
         f"student={student}",
-        "--sizes",
-        "32x64",
-        "--warmup",
-        "0",
-        "--iters",
-        "1",
-        "--threads",
-        "1",
-        "--device",
-        "cpu",
-        "--matmul-size",
-        "256",
+        *QUICK,
         "--out",
         str(out),
     ]
@@ -130,18 +123,7 @@ def test_unusable_backend_is_listed_as_skipped(tiny_run, tmp_path):
         f"student={tiny_run / 'student' / 'model.safetensors'}",
         "--model",
         f"student={broken}",
-        "--sizes",
-        "32x64",
-        "--warmup",
-        "0",
-        "--iters",
-        "1",
-        "--threads",
-        "1",
-        "--device",
-        "cpu",
-        "--matmul-size",
-        "256",
+        *QUICK,
         "--out",
         str(out),
     ]
