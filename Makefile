@@ -7,6 +7,12 @@ PY := $(VENV)/bin/python
 EXTRAS ?= dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+# NO_VENV=1 runs every target with $(PYTHON) as it is (an image with PyTorch already installed, e.g.
+# a GPU machine without network): no .venv, no pip; missing packages then fail at import.
+ifdef NO_VENV
+PY := $(PYTHON)
+STAMP := .no-venv-stamp
+endif
 DATA ?= data/synthcity
 RUN ?= runs/default
 
@@ -20,6 +26,12 @@ help:
 	@echo "make test                 the test suite (what CI runs)"
 	@echo "other targets: setup data bench lint gpu-check clean distclean"
 
+ifdef NO_VENV
+$(STAMP):
+	@$(PY) -c "import torch, timm, safetensors, yaml" || { echo "NO_VENV=1: $(PY) lacks clda-deploy's dependencies (see pyproject.toml)"; exit 1; }
+	@echo "NO_VENV=1: using $$($(PY) -c 'import sys; print(sys.executable)') as it is"
+.PHONY: $(STAMP)
+else
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "clda-deploy needs Python >= 3.10, found " + sys.version.split()[0]'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +39,7 @@ $(STAMP): pyproject.toml
 	@$(PY) -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]" 2>&1 | grep -v "^WARNING: Location" || true
 	@$(PY) -c "import clda_deploy, torch, timm" || { echo "installation into $(VENV) failed (see above)"; exit 1; }
 	@touch $@
+endif
 
 setup: $(STAMP)
 
@@ -37,7 +50,10 @@ resume = $$(test -f $(1)/checkpoint.pt && test ! -f $(1)/model.safetensors && ec
 
 data: $(DATA)/synthcity.json
 
-$(DATA)/synthcity.json: | $(STAMP)
+# Rechecked when the generator's code changes: the same benchmark is reused untouched (so nothing
+# downstream retrains), and a folder written by another generator version is refused with a message
+# saying so, rather than silently trained on.
+$(DATA)/synthcity.json: $(wildcard clda_deploy/data/synthetic*.py) | $(STAMP)
 	$(PY) -m training data --out $(DATA)
 
 $(TEACHER): training/configs/synthcity_daformer.yaml $(DATA)/synthcity.json | $(STAMP)

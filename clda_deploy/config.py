@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -315,6 +316,25 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections, got {type(data).__name__}")
     return data
+
+
+def stage_iterations(cfg: Config) -> tuple[int, int]:
+    """CLDA's (T2, T3) in steps from the fractions ``clda.t2``, ``clda.t3`` of ``train.iters``."""
+    iters = cfg.train.iters
+    return int(math.floor(cfg.clda.t2 * iters + 0.5)), int(math.floor(cfg.clda.t3 * iters + 0.5))
+
+
+def check_student_schedule(cfg: Config) -> None:
+    """A similarity mapping needs at least one step in [T2, T3) (Eq. 7 sums over it); a short
+    ``train.iters`` can round both to the same step. Checked by the student command only: teacher
+    configs carry the ``clda`` defaults without using them."""
+    t2, t3 = stage_iterations(cfg)
+    if cfg.clda.mapping in ("channel", "token", "both") and t3 <= t2:
+        raise ConfigError(
+            f"train.iters={cfg.train.iters} is too short for clda.t2={cfg.clda.t2} and clda.t3={cfg.clda.t3}: "
+            f"T2 and T3 both fall on step {t2}, so no similarity (Eq. 7) would be accumulated; "
+            "raise train.iters or widen clda.t3 - clda.t2"
+        )
 
 
 def load_config(

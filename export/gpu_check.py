@@ -57,6 +57,17 @@ def export_files(encoder: str, work: Path, with_tensorrt: bool) -> dict[str, Pat
     return files
 
 
+def backend_device(name: str, device: str) -> str:
+    """``device`` for TensorRT; for ONNX Runtime ``device`` only where its CUDA build is installed
+    (the CPU build refuses a CUDA request), else ``cpu``, so the check still compares the graphs."""
+    if name.startswith("onnx") and device.startswith("cuda"):
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            return "cpu"
+    return device
+
+
 def run(encoder: str, height: int, width: int, batch: int, runs: int, device: str) -> list[str]:
     """The report lines: one per exported backend, compared with PyTorch on ``device``."""
     lines = []
@@ -68,7 +79,7 @@ def run(encoder: str, height: int, width: int, batch: int, runs: int, device: st
         ref_logits, ref_labels, ref_ms = timed_predict(reference, images, runs)
         lines.append(f"torch {reference.device}: {ref_ms:.1f} ms/image")
         for name, path in files.items():
-            predictor = load_predictor(path, device=device)
+            predictor = load_predictor(path, device=backend_device(name, device))
             logits, labels, ms = timed_predict(predictor, images, runs)
             agreement = 100.0 * float((labels == ref_labels).mean())
             difference = float(np.abs(logits - ref_logits).max())

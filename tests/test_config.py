@@ -102,3 +102,15 @@ def test_partial_section_keeps_parent_defaults():
     cfg = load_config(None, ["data.target.root=/x", "data.val.root=/y"])
     assert cfg.data.target.format == "cityscapes" and cfg.data.target.root == "/x"
     assert cfg.data.val.split == "val" and cfg.data.val.root == "/y"
+
+
+def test_student_schedule_too_short_for_the_similarity_window_names_the_keys():
+    from clda_deploy.config import check_student_schedule, stage_iterations
+
+    short = load_config(None, ["train.iters=6", "clda.t2=0.3", "clda.t3=0.4"])
+    assert stage_iterations(short) == (2, 2)
+    with pytest.raises(ConfigError, match=r"train.iters=6 is too short .*clda.t2=0.3 and clda.t3=0.4"):
+        check_student_schedule(short)
+    check_student_schedule(load_config(None, ["train.iters=6", "clda.mapping=none"]))  # no window needed
+    check_student_schedule(load_config(None, ["train.iters=600"]))
+    assert stage_iterations(load_config(None, ["train.iters=600"])) == (180, 240)

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from clda_deploy.config import Config, load_config, save_config
+from clda_deploy.config import Config, check_student_schedule, load_config, save_config
 
 DEFAULT_OUT = "runs/default/student"
 
@@ -109,6 +109,7 @@ def run_student(config_path: str, teacher: str, overrides: list[str], out: str |
     from clda_deploy.data import check_roots
 
     cfg = load_config(config_path, overrides)
+    check_student_schedule(cfg)
     read_config(teacher)  # a missing or foreign teacher file fails here, in seconds
     check_roots({"data.source": cfg.data.source, "data.target": cfg.data.target, "data.val": cfg.data.val})
     run_dir = Path(out or DEFAULT_OUT)

@@ -28,7 +28,7 @@ from clda_deploy.data.synthetic_style import DomainStyle, resolve_style
 
 DOMAINS = ("source", "target")
 GAP_RANGE = (0.0, 1.5)
-GENERATOR_VERSION = 1  # bump when rendering changes, so that old folders are not mistaken for new ones
+GENERATOR_VERSION = 2  # bump when rendering changes, so that old folders are not mistaken for new ones
 # Seed streams: target-train and target-val never share a scene with each other or with the source.
 STREAMS = {"source": 0, "target": 1, "val": 2}
 TRAIN_CITIES = ("polyburg", "meshfurt", "voxelheim")

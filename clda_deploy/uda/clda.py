@@ -18,14 +18,13 @@ Per training step t (0-based) with T2 = t2·T and T3 = t3·T:
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from clda_deploy.config import Config
+from clda_deploy.config import Config, stage_iterations
 from clda_deploy.losses import pixel_weighted_cross_entropy
 from clda_deploy.uda.daformer import unwrap
 from clda_deploy.uda.ema import ema_update_pairs
@@ -38,12 +37,6 @@ from clda_deploy.uda.mapping import (
 )
 from clda_deploy.uda.pseudo_label import pseudo_labels
 from clda_deploy.uda.task import Batch
-
-
-def stage_iterations(cfg: Config) -> tuple[int, int]:
-    """(T2, T3) in steps from the fractions of ``train.iters``."""
-    iters = cfg.train.iters
-    return int(math.floor(cfg.clda.t2 * iters + 0.5)), int(math.floor(cfg.clda.t3 * iters + 0.5))
 
 
 def block_path(name: str, scope: str) -> str:

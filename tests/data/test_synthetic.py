@@ -14,7 +14,14 @@ from PIL import Image
 from clda_deploy.data import synthetic
 from clda_deploy.data.labels import CITYSCAPES_LABELID_TO_TRAINID, GTA5_ID_TO_TRAINID, NUM_CLASSES
 from clda_deploy.data.synthetic import generate_synthcity, render_scene
-from clda_deploy.data.synthetic_style import SOURCE_STYLE, TARGET_STYLE, resolve_style
+from clda_deploy.data.synthetic_style import (
+    SOURCE_STYLE,
+    TARGET_CAMERA,
+    TARGET_STYLE,
+    CameraResponse,
+    camera_color,
+    resolve_style,
+)
 
 HEIGHT, WIDTH = 64, 128  # small, but poles and traffic lights still cover pixels
 
@@ -115,6 +122,23 @@ def test_domains_differ_at_gap_one_and_match_at_gap_zero() -> None:
     halfway = resolve_style("target", 0.5)
     assert SOURCE_STYLE.noise_sigma < halfway.noise_sigma < TARGET_STYLE.noise_sigma
     assert halfway.palette[0][0] != SOURCE_STYLE.palette[0][0]
+
+
+def test_camera_response_golden_values() -> None:
+    identity = CameraResponse(white_balance=(1.0, 1.0, 1.0), saturation=1.0, contrast=1.0, gamma=1.0, gain=1.0)
+    assert camera_color((60, 62, 96), identity) == (60, 62, 96)
+    grey = CameraResponse(white_balance=(1.0, 1.0, 1.0), saturation=0.0, contrast=1.0, gamma=1.0, gain=1.0)
+    assert camera_color((255, 0, 0), grey) == (76, 76, 76)  # Rec. 601 luma of red: 0.299 * 255
+    assert camera_color((255, 255, 255), CameraResponse((2.0, 2.0, 2.0), 1.0, 1.0, 1.0, 1.0)) == (255, 255, 255)
+    # The default street camera on the source road colour (white balance, saturation 0.45, contrast 0.8,
+    # gamma 1.25, worked through by hand): warm, desaturated, darker.
+    assert camera_color((60, 62, 96), TARGET_CAMERA) == (60, 57, 57)
+
+
+def test_target_palette_is_the_source_palette_through_the_camera() -> None:
+    for source_materials, target_materials in zip(SOURCE_STYLE.palette, TARGET_STYLE.palette, strict=True):
+        assert target_materials == tuple(camera_color(color, TARGET_CAMERA) for color in source_materials)
+    assert TARGET_STYLE.tyre_color == camera_color(SOURCE_STYLE.tyre_color, TARGET_CAMERA)
 
 
 @pytest.mark.parametrize(

@@ -14,3 +14,19 @@ def test_no_cuda_is_one_clear_line(capsys, monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     assert main(["--device", "cuda"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_onnx_files_run_on_the_cpu_provider_when_onnxruntime_has_no_cuda(monkeypatch):
+    """The GPU machine's CPU build of onnxruntime refuses a CUDA request; the check must not stop."""
+    import onnxruntime
+
+    from export.gpu_check import backend_device
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert backend_device("onnx_fp32", "cuda") == "cpu"
+    assert backend_device("onnx_fp16", "cuda:0") == "cpu"
+    assert backend_device("tensorrt_fp32", "cuda") == "cuda"
+    with_cuda = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: with_cuda)
+    assert backend_device("onnx_fp32", "cuda") == "cuda"
+    assert backend_device("onnx_fp32", "cpu") == "cpu"
