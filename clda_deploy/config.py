@@ -115,10 +115,14 @@ class EvalConfig:
     max_images: int | None = None  # evaluate on the first N images only
 
 
+# The mapping modes that choose i* by a similarity summed from T2 to T3 (Eq. 6/7).
+SIMILARITY_MAPPINGS = ("channel", "token", "both")
+
+
 @dataclass(frozen=True)
 class CLDAConfig:
     # Layer mapping: channel (Eq. 6, default), token, both (flattened), random, none (KD only).
-    mapping: str = field(default="channel", metadata=_choices("channel", "token", "both", "random", "none"))
+    mapping: str = field(default="channel", metadata=_choices(*SIMILARITY_MAPPINGS, "random", "none"))
     t2: float = 0.3  # stage 2 starts at T2 = t2 * train.iters (not given by the paper; ours)
     t3: float = 0.4  # i* is chosen at T3 = t3 * train.iters; S->T updates after it (ours)
     alpha: float = 0.999  # Eq. 8 EMA factor (ours)
@@ -245,7 +249,7 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"uda.pseudo_threshold: must be in (0, 1], got {cfg.uda.pseudo_threshold}")
     if not 0.0 <= cfg.clda.t2 <= cfg.clda.t3 <= 1.0:
         raise ConfigError(f"clda.t2, clda.t3: need 0 <= t2 <= t3 <= 1, got t2={cfg.clda.t2}, t3={cfg.clda.t3}")
-    if cfg.clda.mapping in ("channel", "token", "both") and cfg.clda.t3 <= cfg.clda.t2:
+    if cfg.clda.mapping in SIMILARITY_MAPPINGS and cfg.clda.t3 <= cfg.clda.t2:
         raise ConfigError(
             f"clda.t3 ({cfg.clda.t3}) must exceed clda.t2 ({cfg.clda.t2}): similarity (Eq. 7) is summed from T2 to T3"
         )
@@ -329,7 +333,7 @@ def check_student_schedule(cfg: Config) -> None:
     ``train.iters`` can round both to the same step. Checked by the student command only: teacher
     configs carry the ``clda`` defaults without using them."""
     t2, t3 = stage_iterations(cfg)
-    if cfg.clda.mapping in ("channel", "token", "both") and t3 <= t2:
+    if cfg.clda.mapping in SIMILARITY_MAPPINGS and t3 <= t2:
         raise ConfigError(
             f"train.iters={cfg.train.iters} is too short for clda.t2={cfg.clda.t2} and clda.t3={cfg.clda.t3}: "
             f"T2 and T3 both fall on step {t2}, so no similarity (Eq. 7) would be accumulated; "

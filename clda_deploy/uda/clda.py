@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from clda_deploy.config import Config, stage_iterations
+from clda_deploy.config import SIMILARITY_MAPPINGS, Config, stage_iterations
 from clda_deploy.losses import pixel_weighted_cross_entropy
 from clda_deploy.uda.daformer import unwrap
 from clda_deploy.uda.ema import ema_update_pairs
@@ -73,7 +73,7 @@ class CLDATask:
                                        num_classes=self.cfg.model.num_classes,
                                        threshold=self.clda.nonsalient_threshold, progress=False)  # fmt: skip
         self.picked = select_nonsalient(self.saliency, self.clda.select_ratio, seed=self.cfg.train.seed)
-        if self.clda.mapping in ("channel", "token", "both"):
+        if self.clda.mapping in SIMILARITY_MAPPINGS:
             self.accumulator = SimilarityAccumulator(self.picked, unwrap(student).block_names(), self.clda.mapping)
         self._write("saliency.json", [{k: e[k] for k in ("block", "lsr", "delta", "salient")} for e in self.saliency])
 
