@@ -133,6 +133,29 @@ def load_weights_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], 
     model.load_state_dict(state, strict=True)
 
 
+def check_init(path: str | Path, config: Config) -> None:
+    """Fail fast when ``model.init`` is missing, foreign, or describes another architecture.
+
+    The embedded architecture must equal ``config.model``'s; a mismatch names the field, so a
+    teacher's weights are never loaded into a student by mistake.
+    """
+    if not Path(path).is_file():
+        raise CheckpointError(f"model.init: model file not found: {path}")
+    stored = read_config(path).model
+    for key in ("encoder", "head", "num_classes", "head_channels"):
+        if getattr(stored, key) != getattr(config.model, key):
+            raise CheckpointError(
+                f"model.init: {path} holds model.{key}={getattr(stored, key)!r} "
+                f"but this config has model.{key}={getattr(config.model, key)!r}"
+            )
+
+
+def initialise_from(model: torch.nn.Module, path: str | Path, config: Config) -> None:
+    """Load ``model.init``'s weights into a freshly built segmenter (encoder and head)."""
+    check_init(path, config)
+    load_weights_strict(model, load_state_dict(path), str(path))
+
+
 def build_from_config(config: Config) -> Segmenter:
     """A randomly initialised segmenter as ``config.model`` describes (no pretrained download)."""
     from clda_deploy.models.segmenter import build_segmenter

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -63,6 +64,10 @@ class ModelConfig:
     head_channels: int = 256  # DAFormer's fusion width
     # Local weights file (timm pvt_v2 or SegFormer mit_bX.pth naming) or "timm:<hub name>".
     pretrained: str | None = None
+    # A model.safetensors of this project whose weights initialise the whole segmenter (encoder and
+    # head), e.g. a source_only run: self-training from a source model instead of from ImageNet
+    # weights. Its encoder, head, num_classes and head_channels must equal this config's.
+    init: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,9 @@ class UDAConfig:
     pseudo_threshold: float = 0.968  # DAFormer: q = share of pixels with max prob >= 0.968
     ignore_top: int = 15  # DAFormer (512 crops): pseudo-weight 0 in the top 15 rows ...
     ignore_bottom: int = 120  # ... and the bottom 120 rows; scaled to the crop height
+    # DAFormer's teacher is a train-mode submodule, so its BatchNorm layers normalise with the
+    # target batch's own statistics when it makes pseudo-labels; false uses running statistics.
+    teacher_batch_stats: bool = False
     classmix: bool = True
     color_jitter: float = 0.2  # DAFormer strong augmentation on mixed images: strength 0.2 ...
     color_jitter_p: float = 0.8  # ... with probability 0.8
@@ -184,6 +192,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
         return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
     if tp is float:
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            # PyYAML follows YAML 1.1, where 2e-4 (no dot) is a string; YAML 1.2 and users mean a number.
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -277,6 +288,9 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     """``["a.b=1", "c=[1, 2]"]`` -> nested dict; each value is parsed as YAML."""
     nested: dict[str, Any] = {}
@@ -353,8 +367,27 @@ def load_config(
     try:
         return config_from_dict(merge(data, parse_overrides(overrides)))
     except ConfigError as exc:
-        where = f" (in {yaml_path})" if yaml_path is not None else ""
+        message, set_keys = str(exc), _dotted_keys(parse_overrides(overrides))
+        unknown = re.match(r"unknown key '([^']+)'", message)
+        if any(
+            message.startswith((f"{key}:", f"{key}[")) or (unknown and (key + ".").startswith(unknown[1] + "."))
+            for key in set_keys
+        ):
+            where = " (from --set)"
+        else:
+            where = f" (in {yaml_path})" if yaml_path is not None else ""
         raise ConfigError(f"{exc}{where}") from None
+
+
+def _dotted_keys(nested: dict[str, Any], prefix: str = "") -> list[str]:
+    """``{"a": {"b": 1}}`` -> ``["a.b"]`` (the keys an error message starts with)."""
+    keys = []
+    for key, value in nested.items():
+        if isinstance(value, dict) and value:
+            keys.extend(_dotted_keys(value, f"{prefix}{key}."))
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

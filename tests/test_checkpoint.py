@@ -8,6 +8,8 @@ from clda_deploy.checkpoint import (
     CONFIG_KEY,
     CheckpointError,
     atomic_write,
+    check_init,
+    initialise_from,
     read_config,
     read_role,
     save_model,
@@ -95,3 +97,17 @@ def test_unwritable_folder_is_a_clear_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(CheckpointError, match="cannot write"):
         atomic_write(blocker / "sub" / "model.safetensors", lambda tmp: None)
+
+
+def test_init_weights_must_describe_the_same_architecture(tmp_path):
+    model, cfg = small_model_and_config()
+    path = save_model(tmp_path / "model.safetensors", model, cfg, role="teacher")
+    other = build_segmenter(cfg.model.encoder, cfg.model.head, cfg.model.num_classes, head_channels=32)
+    initialise_from(other, path, cfg)
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(other.state_dict()[name], tensor, rtol=0, atol=0)
+    wider = load_config(None, ["model.encoder=mit_cpu_student", "model.head_channels=64"])
+    with pytest.raises(CheckpointError, match="holds model.head_channels=32 but this config has model.head_chan"):
+        check_init(path, wider)
+    with pytest.raises(CheckpointError, match="model.init: model file not found"):
+        check_init(tmp_path / "missing.safetensors", cfg)

@@ -35,6 +35,27 @@ def test_int_accepted_for_float_and_lists_become_tuples():
     assert isinstance(cfg.train.lr, float) and cfg.eval.stride == (8, 8)
 
 
+def test_exponent_floats_without_a_dot_are_numbers():
+    # PyYAML (YAML 1.1) reads 2e-4 as a string; every user means 0.0002.
+    cfg = load_config(None, ["train.lr=2e-4", "uda.ema_alpha=9.9E-1", "train.weight_decay=-1e-2"])
+    assert (cfg.train.lr, cfg.uda.ema_alpha, cfg.train.weight_decay) == (2e-4, 0.99, -0.01)
+    with pytest.raises(ConfigError, match="train.iters: expected an integer, got '2e3'"):
+        load_config(None, ["train.iters=2e3"])
+    with pytest.raises(ConfigError, match="train.lr: expected a number, got 'e-4'"):
+        load_config(None, ["train.lr=e-4"])
+
+
+def test_errors_say_whether_the_file_or_set_is_wrong(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match=r"train.lr: expected a number, got 'fast' \(in .*run.yaml\)"):
+        load_config(path, ["train.iters=3"])
+    path.write_text("train:\n  lr: 0.1\n")
+    for overrides in (["train.lr=slow"], ["trian.iters=3"], ["train.itres=3"]):
+        with pytest.raises(ConfigError, match=r"\(from --set\)$"):
+            load_config(path, overrides)
+
+
 def test_config_is_frozen():
     cfg = load_config()
     with pytest.raises(AttributeError):

@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     baselines.add_argument("-c", "--config", required=True)
     baselines.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     baselines.add_argument("--runs", default="runs/baselines", help="one run folder per (mode, seed) inside")
-    baselines.add_argument("--json", default="docs/results/uda_baselines.json", help="summary JSON (+ .md table)")
+    baselines.add_argument("--json", default="docs/results/uda_baselines.json", help="summary JSON")
+    baselines.add_argument("--out", default="docs/results.md", help="markdown file whose baselines table is replaced")
     add_set_argument(baselines)
 
     return parser
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "baselines":
             from training.baselines import run_baselines
 
-            run_baselines(args.config, args.overrides, args.seeds, args.runs, args.json)
+            run_baselines(args.config, args.overrides, args.seeds, args.runs, args.json, args.out)
         elif args.command == "eval":
             from training.evaluate import run_eval
 

@@ -34,7 +34,7 @@ def saliency_batches(cfg: Config, datasets: dict[str, Any]) -> list[dict[str, An
 
 
 def prepare_student(cfg: Config, teacher_path: str, run_dir: Path, resume: bool) -> tuple[Any, Any]:
-    from clda_deploy.checkpoint import load_segmenter
+    from clda_deploy.checkpoint import initialise_from, load_segmenter
     from clda_deploy.inference import resolve_device
     from clda_deploy.models.segmenter import build_segmenter
     from clda_deploy.uda.clda import CLDATask
@@ -53,6 +53,8 @@ def prepare_student(cfg: Config, teacher_path: str, run_dir: Path, resume: bool)
     seed_everything(cfg.train.seed)
     student = build_segmenter(cfg.model.encoder, cfg.model.head, cfg.model.num_classes,
                               head_channels=cfg.model.head_channels, pretrained=cfg.model.pretrained)  # fmt: skip
+    if cfg.model.init is not None and not resume:  # on resume the checkpoint holds the weights
+        initialise_from(student, cfg.model.init, cfg)
     check_compatible(teacher, student)
     datasets = build_datasets(cfg, needs_target=True, target_labels=False)
     student = student.to(device)
@@ -105,13 +107,15 @@ def train_student(cfg: Config, teacher_path: str, run_dir: Path, resume: bool = 
 
 def run_student(config_path: str, teacher: str, overrides: list[str], out: str | None, resume: bool) -> dict:
     """The ``student`` command: validates config, data folders and the teacher before training."""
-    from clda_deploy.checkpoint import read_config
+    from clda_deploy.checkpoint import check_init, read_config
     from clda_deploy.data import check_roots
 
     cfg = load_config(config_path, overrides)
     check_student_schedule(cfg)
     read_config(teacher)  # a missing or foreign teacher file fails here, in seconds
     check_roots({"data.source": cfg.data.source, "data.target": cfg.data.target, "data.val": cfg.data.val})
+    if cfg.model.init is not None:
+        check_init(cfg.model.init, cfg)
     run_dir = Path(out or DEFAULT_OUT)
     _, student, updated = train_student(cfg, teacher, run_dir, resume)
     if student:

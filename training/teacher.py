@@ -129,6 +129,7 @@ def write_outputs(cfg: Config, run_dir: Path, result: Any, val: Any, role: str, 
 
 def prepare_teacher(cfg: Config, run_dir: Path, resume: bool) -> tuple[Any, Any]:
     """Steps 1-5: validated inputs for the loop and the distributed context (datasets fail fast)."""
+    from clda_deploy.checkpoint import initialise_from
     from clda_deploy.inference import resolve_device
     from clda_deploy.models.segmenter import build_segmenter
     from clda_deploy.uda.daformer import build_teacher_task
@@ -150,7 +151,10 @@ def prepare_teacher(cfg: Config, run_dir: Path, resume: bool) -> tuple[Any, Any]
         cfg.model.num_classes,
         head_channels=cfg.model.head_channels,
         pretrained=cfg.model.pretrained,
-    ).to(device)
+    )
+    if cfg.model.init is not None and not resume:  # on resume the checkpoint holds the weights
+        initialise_from(model, cfg.model.init, cfg)
+    model = model.to(device)
     task = build_teacher_task(cfg, model, seed=cfg.train.seed + dist.rank)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -188,6 +192,10 @@ def run_teacher(config_path: str | None, overrides: list[str], out: str | None, 
     if cfg.uda.mode != "source_only":
         needed["data.target"] = cfg.data.target
     check_roots(needed)
+    if cfg.model.init is not None:
+        from clda_deploy.checkpoint import check_init
+
+        check_init(cfg.model.init, cfg)
     run_dir = Path(out or DEFAULT_OUT)
     result, payload = train_teacher(cfg, run_dir, resume)
     if payload:

@@ -92,11 +92,34 @@ class DAFormerTask:
         return copy_model(build_encoder(cfg.model.encoder, pretrained=cfg.model.pretrained)).eval()
 
     @torch.no_grad()
+    def _teacher_logits(self, images: Tensor) -> Tensor:
+        """The EMA teacher's logits; with ``uda.teacher_batch_stats`` its BatchNorm layers use the
+        target batch's statistics (as in DAFormer, whose teacher runs in train mode) while their
+        running statistics stay untouched (momentum 0 for this forward)."""
+        if not self.cfg.teacher_batch_stats:
+            return self.teacher(images)
+        norms = [m for m in self.teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        saved = [m.momentum for m in norms]
+        try:
+            for m in norms:
+                m.train()
+                m.momentum = 0.0
+            return self.teacher(images)
+        finally:
+            for m, momentum in zip(norms, saved, strict=True):
+                m.eval()
+                m.momentum = momentum
+
+    @torch.no_grad()
     def _mixed_batch(self, source: dict[str, Any], target: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Steps 1-3: (mixed images, mixed labels, mixed weights, q)."""
         cfg = self.cfg
         labels, weight, _ = pseudo_labels(
-            self.teacher(target["image"]), cfg.pseudo_threshold, cfg.ignore_top, cfg.ignore_bottom, reference_height=512
+            self._teacher_logits(target["image"]),
+            cfg.pseudo_threshold,
+            cfg.ignore_top,
+            cfg.ignore_bottom,
+            reference_height=512,
         )
         source_labels = source["label"]
         if cfg.classmix:

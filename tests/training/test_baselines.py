@@ -12,6 +12,9 @@ def test_summary_golden_values():
     assert summary["uda"]["seeds"] == [{"seed": 0, "miou": 20.0}, {"seed": 1, "miou": 20.0}]
     table = markdown_table(summary, "python -m training baselines ...")
     assert "oracle − source-only = 31.00 points; UDA − source-only = 9.00 points." in table
+    assert "oracle − source-only ≥ 15: met; UDA − source-only ≥ 5: met." in table
+    flat = summarize({"source_only": [10.0], "daformer": [11.0], "oracle": [24.0]}, [0])
+    assert "oracle − source-only ≥ 15: NOT met; UDA − source-only ≥ 5: NOT met." in markdown_table(flat, "cmd")
 
 
 def test_finished_runs_are_reused(tmp_path, monkeypatch):
@@ -20,6 +23,20 @@ def test_finished_runs_are_reused(tmp_path, monkeypatch):
         (tmp_path / f"{mode}-s0" / "metrics.json").write_text(json.dumps({"miou": value}))
     monkeypatch.setattr("training.teacher.run_teacher", lambda *a, **k: pytest.fail("must not retrain"))
     out = tmp_path / "uda_baselines.json"
-    summary = run_baselines("cfg.yaml", [], [0], str(tmp_path), str(out))
+    doc = tmp_path / "results.md"
+    doc.write_text("# Results\n\n<!-- uda_baselines:start -->\nold\n<!-- uda_baselines:end -->\n\n## Other\n")
+    summary = run_baselines("cfg.yaml", [], [0], str(tmp_path), str(out), str(doc))
     assert json.loads(out.read_text()) == summary
-    assert summary["oracle"]["miou_mean"] == 30.0 and out.with_suffix(".md").is_file()
+    assert summary["oracle"]["miou_mean"] == 30.0 and not out.with_suffix(".md").exists()
+    text = doc.read_text()
+    assert "old" not in text and "| oracle | 30.00 ± 0.00 | 30.00 |" in text and text.endswith("## Other\n")
+
+
+def test_without_a_markdown_file_the_table_goes_next_to_the_json(tmp_path, monkeypatch):
+    for mode in ("source_only", "daformer", "oracle"):
+        (tmp_path / f"{mode}-s0").mkdir()
+        (tmp_path / f"{mode}-s0" / "metrics.json").write_text(json.dumps({"miou": 1.0}))
+    monkeypatch.setattr("training.teacher.run_teacher", lambda *a, **k: pytest.fail("must not retrain"))
+    out = tmp_path / "uda_baselines.json"
+    run_baselines("cfg.yaml", [], [0], str(tmp_path), str(out))
+    assert "| uda | 1.00 ± 0.00 | 1.00 |" in out.with_suffix(".md").read_text()

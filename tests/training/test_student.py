@@ -51,6 +51,19 @@ def test_student_writes_files_and_only_mapped_blocks_change(tiny_synthcity, smok
     assert all(name.startswith(mapped) for name in changed), sorted(changed)
 
 
+def test_model_init_starts_the_student_from_the_given_weights(tiny_synthcity, smoke_teacher, tmp_path):
+    from clda_deploy.checkpoint import build_from_config, save_model
+
+    cfg = student_config(tiny_synthcity)
+    torch.manual_seed(123)
+    start = build_from_config(cfg)
+    path = save_model(tmp_path / "init.safetensors", start, cfg, role="student")
+    inputs, _ = prepare_student(student_config(tiny_synthcity, f"model.init={path}"), str(smoke_teacher),
+                                tmp_path / "run", False)  # fmt: skip
+    for name, tensor in start.state_dict().items():
+        torch.testing.assert_close(inputs.model.state_dict()[name], tensor, rtol=0, atol=0)
+
+
 def test_no_gradient_reaches_the_teacher(tiny_synthcity, smoke_teacher, tmp_path):
     inputs, _ = prepare_student(student_config(tiny_synthcity, "clda.t2=0.0"), str(smoke_teacher), tmp_path, False)
     teacher = inputs.task.teacher

@@ -121,6 +121,20 @@ def test_interrupt_writes_a_checkpoint(tiny_synthcity, tmp_path, sig):
     assert torch.load(run / CHECKPOINT, weights_only=False)["iteration"] >= first
 
 
+def test_model_init_starts_model_and_ema_teacher_from_the_given_weights(tiny_synthcity, tmp_path):
+    source_only = tmp_path / "source_only"
+    train_teacher(smoke_config(tiny_synthcity, "uda.mode=source_only", "train.iters=2"), source_only)
+    init = source_only / "model.safetensors"
+    start = load_segmenter(str(init)).state_dict()
+    inputs, _ = prepare_teacher(smoke_config(tiny_synthcity, f"model.init={init}"), tmp_path / "daformer", False)
+    for name, tensor in start.items():
+        torch.testing.assert_close(inputs.model.state_dict()[name], tensor, rtol=0, atol=0)
+        torch.testing.assert_close(inputs.task.teacher.state_dict()[name], tensor, rtol=0, atol=0)
+    fresh, _ = prepare_teacher(smoke_config(tiny_synthcity), tmp_path / "fresh", False)
+    name = "head.conv_seg.weight"
+    assert not torch.equal(fresh.model.state_dict()[name], start[name]), "without model.init: random init"
+
+
 @pytest.mark.parametrize("mode", ["source_only", "oracle"])
 def test_baselines_train_through_the_same_loop(tiny_synthcity, tmp_path, mode):
     result, metrics = train_teacher(smoke_config(tiny_synthcity, f"uda.mode={mode}", "train.iters=2"), tmp_path / mode)
@@ -134,6 +148,7 @@ def test_baselines_train_through_the_same_loop(tiny_synthcity, tmp_path, mode):
         (["trian.iters=3"], "unknown key 'trian' (did you mean 'train'?)"),
         (["train.iters=three"], "train.iters: expected an integer, got 'three'"),
         (["data.source.root=/nonexistent/gta"], "data.source.root: dataset folder not found: /nonexistent/gta"),
+        (["model.init=/nonexistent/model.safetensors"], "model.init: model file not found: /nonexistent/model"),
     ],
 )
 def test_bad_configs_fail_fast_naming_the_problem(tiny_synthcity, tmp_path, extra, message):
