@@ -156,6 +156,24 @@ def initialise_from(model: torch.nn.Module, path: str | Path, config: Config) ->
     load_weights_strict(model, load_state_dict(path), str(path))
 
 
+def build_for_training(config: Config, resume: bool) -> Segmenter:
+    """The segmenter a training command starts from: ``model.pretrained`` encoder weights (else
+    random), then ``model.init``'s weights unless resuming (the checkpoint holds them then)."""
+    from clda_deploy.models.segmenter import build_segmenter
+
+    model_cfg = config.model
+    model = build_segmenter(
+        model_cfg.encoder,
+        model_cfg.head,
+        model_cfg.num_classes,
+        head_channels=model_cfg.head_channels,
+        pretrained=model_cfg.pretrained,
+    )
+    if model_cfg.init is not None and not resume:
+        initialise_from(model, model_cfg.init, config)
+    return model
+
+
 def build_from_config(config: Config) -> Segmenter:
     """A randomly initialised segmenter as ``config.model`` describes (no pretrained download)."""
     from clda_deploy.models.segmenter import build_segmenter

@@ -364,10 +364,11 @@ def load_config(
     data = dict(base or {})
     if yaml_path is not None:
         data = merge(data, read_yaml(yaml_path))
+    overridden = parse_overrides(overrides)
     try:
-        return config_from_dict(merge(data, parse_overrides(overrides)))
+        return config_from_dict(merge(data, overridden))
     except ConfigError as exc:
-        message, set_keys = str(exc), _dotted_keys(parse_overrides(overrides))
+        message, set_keys = str(exc), _dotted_keys(overridden)
         unknown = re.match(r"unknown key '([^']+)'", message)
         if any(
             message.startswith((f"{key}:", f"{key}[")) or (unknown and (key + ".").startswith(unknown[1] + "."))

@@ -34,9 +34,8 @@ def saliency_batches(cfg: Config, datasets: dict[str, Any]) -> list[dict[str, An
 
 
 def prepare_student(cfg: Config, teacher_path: str, run_dir: Path, resume: bool) -> tuple[Any, Any]:
-    from clda_deploy.checkpoint import initialise_from, load_segmenter
+    from clda_deploy.checkpoint import build_for_training, load_segmenter
     from clda_deploy.inference import resolve_device
-    from clda_deploy.models.segmenter import build_segmenter
     from clda_deploy.uda.clda import CLDATask
     from clda_deploy.uda.mapping import check_compatible
     from training.distributed import device_for, init_distributed
@@ -51,10 +50,7 @@ def prepare_student(cfg: Config, teacher_path: str, run_dir: Path, resume: bool)
     device = device_for(device, dist)
     teacher = load_segmenter(teacher_path, device=device)
     seed_everything(cfg.train.seed)
-    student = build_segmenter(cfg.model.encoder, cfg.model.head, cfg.model.num_classes,
-                              head_channels=cfg.model.head_channels, pretrained=cfg.model.pretrained)  # fmt: skip
-    if cfg.model.init is not None and not resume:  # on resume the checkpoint holds the weights
-        initialise_from(student, cfg.model.init, cfg)
+    student = build_for_training(cfg, resume)
     check_compatible(teacher, student)
     datasets = build_datasets(cfg, needs_target=True, target_labels=False)
     student = student.to(device)

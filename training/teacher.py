@@ -129,9 +129,8 @@ def write_outputs(cfg: Config, run_dir: Path, result: Any, val: Any, role: str, 
 
 def prepare_teacher(cfg: Config, run_dir: Path, resume: bool) -> tuple[Any, Any]:
     """Steps 1-5: validated inputs for the loop and the distributed context (datasets fail fast)."""
-    from clda_deploy.checkpoint import initialise_from
+    from clda_deploy.checkpoint import build_for_training
     from clda_deploy.inference import resolve_device
-    from clda_deploy.models.segmenter import build_segmenter
     from clda_deploy.uda.daformer import build_teacher_task
     from training.distributed import device_for, init_distributed
     from training.loop import CHECKPOINT, LoopInputs
@@ -145,16 +144,7 @@ def prepare_teacher(cfg: Config, run_dir: Path, resume: bool) -> tuple[Any, Any]
     dist = init_distributed(device)
     device = device_for(device, dist)
     seed_everything(cfg.train.seed)
-    model = build_segmenter(
-        cfg.model.encoder,
-        cfg.model.head,
-        cfg.model.num_classes,
-        head_channels=cfg.model.head_channels,
-        pretrained=cfg.model.pretrained,
-    )
-    if cfg.model.init is not None and not resume:  # on resume the checkpoint holds the weights
-        initialise_from(model, cfg.model.init, cfg)
-    model = model.to(device)
+    model = build_for_training(cfg, resume).to(device)
     task = build_teacher_task(cfg, model, seed=cfg.train.seed + dist.rank)
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
