@@ -100,8 +100,9 @@ class UDAConfig:
     ignore_top: int = 15  # DAFormer (512 crops): pseudo-weight 0 in the top 15 rows ...
     ignore_bottom: int = 120  # ... and the bottom 120 rows; scaled to the crop height
     # DAFormer's teacher is a train-mode submodule, so its BatchNorm layers normalise with the
-    # target batch's own statistics when it makes pseudo-labels; false uses running statistics.
-    teacher_batch_stats: bool = False
+    # target batch's own statistics when it makes pseudo-labels (the default, as DAFormer);
+    # false uses the running statistics, which the source dominates (docs/results.md, calibration).
+    teacher_batch_stats: bool = True
     classmix: bool = True
     color_jitter: float = 0.2  # DAFormer strong augmentation on mixed images: strength 0.2 ...
     color_jitter_p: float = 0.8  # ... with probability 0.8

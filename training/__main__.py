@@ -1,4 +1,4 @@
-"""``python -m training {data,teacher,student,eval,analyze,ablation,baselines}``: stage 1's command line.
+"""``python -m training {data,teacher,student,eval,analyze,ablation,baselines,gap}``: stage 1's command line.
 
 Every command validates its config and inputs before any work and reports problems as one
 ``error: ...`` line with exit status 2 (DESIGN §3, §4).
@@ -7,6 +7,7 @@ Every command validates its config and inputs before any work and reports proble
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 
@@ -92,6 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
     baselines.add_argument("--out", default="docs/results.md", help="markdown file whose baselines table is replaced")
     add_set_argument(baselines)
 
+    gap = sub.add_parser("gap", help="score models on SynthCity scenes with groups of the domain gap removed")
+    gap.add_argument(
+        "--model",
+        dest="models",
+        action="append",
+        default=[],
+        required=True,
+        metavar="NAME=PATH",
+        help="a model file to score, named for the table (repeat for several)",
+    )
+    gap.add_argument("--images", type=int, default=100, help="target-val scenes per style (default: 100)")
+    gap.add_argument("--seed", type=int, default=0, help="the benchmark's seed (default: 0)")
+    gap.add_argument("--height", type=int, default=256)
+    gap.add_argument("--width", type=int, default=512)
+    gap.add_argument("--json", default=None, help="also write the scores to this JSON file")
+    gap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+
     return parser
 
 
@@ -137,6 +155,19 @@ def main(argv: list[str] | None = None) -> int:
             from training.baselines import run_baselines
 
             run_baselines(args.config, args.overrides, args.seeds, args.runs, args.json, args.out)
+        elif args.command == "gap":
+            from training.gap_study import run_gap_study
+
+            command = "python -m training " + " ".join(shlex.quote(arg) for arg in (argv or sys.argv[1:]))
+            run_gap_study(
+                args.models,
+                args.images,
+                args.seed,
+                (args.height, args.width),
+                args.json,
+                args.device,
+                command=command,
+            )
         elif args.command == "eval":
             from training.evaluate import run_eval
 

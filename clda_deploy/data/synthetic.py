@@ -28,7 +28,7 @@ from clda_deploy.data.synthetic_style import DomainStyle, resolve_style
 
 DOMAINS = ("source", "target")
 GAP_RANGE = (0.0, 1.5)
-GENERATOR_VERSION = 2  # bump when rendering changes, so that old folders are not mistaken for new ones
+GENERATOR_VERSION = 3  # bump when rendering changes, so that old folders are not mistaken for new ones
 # Seed streams: target-train and target-val never share a scene with each other or with the source.
 STREAMS = {"source": 0, "target": 1, "val": 2}
 TRAIN_CITIES = ("polyburg", "meshfurt", "voxelheim")
@@ -84,6 +84,23 @@ def render_scene(
     _check_integer("seed", seed, minimum=0)
     _check_integer("index", index, minimum=0)
     image, labels = _render(seed, STREAMS[domain], index, resolve_style(domain, gap), height, width)
+    return image, labels
+
+
+def render_styled(
+    seed: int, index: int, split: str, style: DomainStyle, height: int = 256, width: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
+    """Image ``index`` of ``split``'s random stream ("source", "target" or "val") rendered with any
+    ``style``: (rgb uint8 [H,W,3], trainIds uint8 [H,W]). With the split's own style it is the
+    benchmark's image; with another it shows what a change of style alone does (``python -m
+    training gap``)."""
+    if split not in STREAMS:
+        raise ValueError(f"split must be one of {tuple(STREAMS)}, got {split!r}")
+    _check_positive("height", height)
+    _check_positive("width", width)
+    _check_integer("seed", seed, minimum=0)
+    _check_integer("index", index, minimum=0)
+    image, labels = _render(seed, STREAMS[split], index, style, height, width)
     return image, labels
 
 

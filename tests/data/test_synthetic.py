@@ -15,12 +15,17 @@ from clda_deploy.data import synthetic
 from clda_deploy.data.labels import CITYSCAPES_LABELID_TO_TRAINID, GTA5_ID_TO_TRAINID, NUM_CLASSES
 from clda_deploy.data.synthetic import generate_synthcity, render_scene
 from clda_deploy.data.synthetic_style import (
+    COLOUR_FIELDS,
+    COLOUR_GAP,
+    CONDITION_GAP,
     SOURCE_STYLE,
+    STREET_STYLE,
     TARGET_CAMERA,
     TARGET_STYLE,
     CameraResponse,
     camera_color,
     resolve_style,
+    target_style,
 )
 
 HEIGHT, WIDTH = 64, 128  # small, but poles and traffic lights still cover pixels
@@ -135,10 +140,28 @@ def test_camera_response_golden_values() -> None:
     assert camera_color((60, 62, 96), TARGET_CAMERA) == (60, 57, 57)
 
 
-def test_target_palette_is_the_source_palette_through_the_camera() -> None:
-    for source_materials, target_materials in zip(SOURCE_STYLE.palette, TARGET_STYLE.palette, strict=True):
-        assert target_materials == tuple(camera_color(color, TARGET_CAMERA) for color in source_materials)
-    assert TARGET_STYLE.tyre_color == camera_color(SOURCE_STYLE.tyre_color, TARGET_CAMERA)
+def test_street_palette_is_the_source_palette_through_the_camera() -> None:
+    for source_materials, street_materials in zip(SOURCE_STYLE.palette, STREET_STYLE.palette, strict=True):
+        assert street_materials == tuple(camera_color(color, TARGET_CAMERA) for color in source_materials)
+    assert STREET_STYLE.tyre_color == camera_color(SOURCE_STYLE.tyre_color, TARGET_CAMERA)
+
+
+def test_target_style_takes_colours_and_conditions_at_their_own_gaps() -> None:
+    assert TARGET_STYLE == target_style(COLOUR_GAP, CONDITION_GAP)
+    assert resolve_style("target", 1.0) is TARGET_STYLE
+    # Colours 1.2 times the camera's change, clipped to 0..255 (golden: the source road colour).
+    road, street_road = SOURCE_STYLE.palette[0][0], STREET_STYLE.palette[0][0]
+    assert (road, street_road) == ((60, 62, 96), (60, 57, 57))
+    assert TARGET_STYLE.palette[0][0] == (60, 56, 49)  # 62 - 5 * 1.2 = 56, 96 - 39 * 1.2 = 49.2
+    assert target_style(1.0, 1.0) == dataclasses.replace(STREET_STYLE, name="target")
+    # Conditions half way: noise 0 -> 5 gives 2.5, texture 0.04 -> 0.32 gives 0.18.
+    assert TARGET_STYLE.noise_sigma == pytest.approx(2.5)
+    assert TARGET_STYLE.texture_strength == pytest.approx(0.18)
+    only_colour = target_style(1.0, 0.0)
+    for field in dataclasses.fields(TARGET_STYLE):
+        expected = STREET_STYLE if field.name in COLOUR_FIELDS else SOURCE_STYLE
+        if field.name != "name":
+            assert getattr(only_colour, field.name) == getattr(expected, field.name), field.name
 
 
 @pytest.mark.parametrize(
