@@ -66,27 +66,6 @@ def _render(seed: int, stream: int, index: int, style: DomainStyle, height: int,
     return apply_style(rgb, labels, shadow, style, rng, camera.horizon_y), labels
 
 
-def render_scene(
-    seed: int, index: int, domain: str, height: int = 256, width: int = 512, gap: float = 1.0
-) -> tuple[np.ndarray, np.ndarray]:
-    """One SynthCity image: (rgb uint8 [H,W,3], trainIds uint8 [H,W] in 0..18).
-
-    ``domain`` is "source" (game style) or "target" (street style, moved by ``gap``: 0 renders it
-    with the source style, 1 with the default target style, up to 1.5 exaggerates the gap). The
-    target domain here is the target-train stream; ``generate_synthcity`` also renders a disjoint
-    validation stream.
-    """
-    if domain not in DOMAINS:
-        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
-    _check_positive("height", height)
-    _check_positive("width", width)
-    _check_gap(gap)
-    _check_integer("seed", seed, minimum=0)
-    _check_integer("index", index, minimum=0)
-    image, labels = _render(seed, STREAMS[domain], index, resolve_style(domain, gap), height, width)
-    return image, labels
-
-
 def render_styled(
     seed: int, index: int, split: str, style: DomainStyle, height: int = 256, width: int = 512
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -100,8 +79,23 @@ def render_styled(
     _check_positive("width", width)
     _check_integer("seed", seed, minimum=0)
     _check_integer("index", index, minimum=0)
-    image, labels = _render(seed, STREAMS[split], index, style, height, width)
-    return image, labels
+    return _render(seed, STREAMS[split], index, style, height, width)
+
+
+def render_scene(
+    seed: int, index: int, domain: str, height: int = 256, width: int = 512, gap: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """One SynthCity image: (rgb uint8 [H,W,3], trainIds uint8 [H,W] in 0..18).
+
+    ``domain`` is "source" (game style) or "target" (street style, moved by ``gap``: 0 renders it
+    with the source style, 1 with the default target style, up to 1.5 exaggerates the gap). The
+    target domain here is the target-train stream; ``generate_synthcity`` also renders a disjoint
+    validation stream.
+    """
+    if domain not in DOMAINS:
+        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
+    _check_gap(gap)
+    return render_styled(seed, index, domain, resolve_style(domain, gap), height, width)
 
 
 def cityscapes_name(split: str, index: int) -> tuple[str, str]:
