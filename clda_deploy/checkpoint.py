@@ -60,6 +60,21 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes: the provenance every student run and ablation records of its
+    teacher (two runs compare only when their teachers' digests agree)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as stream:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return digest.hexdigest()
+
+
 def save_model(
     path: str | Path, model: torch.nn.Module, config: Config, role: str, extra: dict[str, str] | None = None
 ) -> Path:

@@ -138,8 +138,28 @@ class CLDAConfig:
     nonsalient_threshold: float = 0.1  # LSR < 0.1 mIoU points: non-salient (paper, segmentation)
     select_ratio: float = 0.3  # 30% of the non-salient teacher blocks are updated (paper)
     update_scope: str = field(default="block", metadata=_choices("block", "attention"))
-    saliency_labels: bool = True  # R of Eq. 2 on target-val labels; false: label-free agreement
+    # What R of Eq. 2 is measured on (never the images that are scored):
+    #   agreement: target-train images, label-free (R = agreement with the full teacher; UDA proper);
+    #   heldout: the last saliency_images target-train images *with* their labels (a small labelled
+    #     calibration slice: never scored, its labels never trained on; needed by saliency_rule signed);
+    #   val: the first target-val images with labels, as the paper's Eq. 2 reads (they are also scored).
+    saliency_data: str = field(default="agreement", metadata=_choices("agreement", "heldout", "val"))
     saliency_images: int = 16  # size of the fixed target subset R is measured on
+    saliency_source_images: int = 16  # source images (with labels) LSR is also recorded on; 0 = off
+    # abs: Eq. 2 (non-salient when |delta| < threshold); signed: non-salient when skipping the block costs
+    # less than the threshold, which includes the blocks whose removal *raises* target mIoU (ours).
+    saliency_rule: str = field(default="abs", metadata=_choices("abs", "signed"))
+    # random: the student starts from its own random init; teacher: patch embeddings, norms and head
+    # copied from the teacher, each student block from a same-stage teacher block (as DistilBERT), which
+    # gives Eq. 6 and Eq. 8 a shared basis (ours).
+    student_init: str = field(default="random", metadata=_choices("random", "teacher"))
+    # With student_init teacher: which teacher blocks seed the student's (evenly: every k-th block of the
+    # stage, ending with its last; salient: the stage's blocks with the largest target delta).
+    student_init_blocks: str = field(default="evenly", metadata=_choices("evenly", "salient"))
+    # DAFormer's step for the student (ClassMix, colour jitter, blur, q-weighted) with the fixed
+    # teacher's pseudo-labels, instead of plain target images (ours: separates distillation from
+    # losing ClassMix).
+    student_mixing: bool = False
 
 
 @dataclass(frozen=True)
@@ -269,17 +289,37 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("clda.alpha and clda.select_ratio must lie in [0, 1]")
     if cfg.clda.saliency_images <= 0:
         raise ConfigError(f"clda.saliency_images: must be positive, got {cfg.clda.saliency_images}")
+    if cfg.clda.saliency_source_images < 0:
+        raise ConfigError(f"clda.saliency_source_images: must be >= 0, got {cfg.clda.saliency_source_images}")
+    if cfg.clda.saliency_rule == "signed" and cfg.clda.saliency_data == "agreement":
+        raise ConfigError(
+            "clda.saliency_rule: signed needs labels (agreement with the full model can only drop when a "
+            "block is skipped); set clda.saliency_data to heldout (or val)"
+        )
     if cfg.data.workers < 0:
         raise ConfigError(f"data.workers: must be >= 0, got {cfg.data.workers}")
     if cfg.eval.max_images is not None and cfg.eval.max_images <= 0:
         raise ConfigError(f"eval.max_images: must be positive or null, got {cfg.eval.max_images}")
 
 
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """Older model files embed ``clda.saliency_labels`` (bool), which ``clda.saliency_data`` replaced:
+    true meant the first target-val images with labels (``val``), false label-free agreement."""
+    clda = data.get("clda")
+    if not isinstance(clda, dict) or "saliency_labels" not in clda:
+        return data
+    clda = dict(clda)
+    legacy = clda.pop("saliency_labels")
+    if "saliency_data" not in clda and isinstance(legacy, bool):
+        clda["saliency_data"] = "val" if legacy else "agreement"
+    return {**data, "clda": clda}
+
+
 def config_from_dict(data: dict[str, Any]) -> Config:
     """Validate a nested mapping (as read from YAML or a checkpoint) into a frozen Config."""
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
-    cfg = _build(Config, data)
+    cfg = _build(Config, _migrate(data))
     _check_values(cfg)
     return cfg
 

@@ -135,3 +135,15 @@ def test_student_schedule_too_short_for_the_similarity_window_names_the_keys():
     check_student_schedule(load_config(None, ["train.iters=6", "clda.mapping=none"]))  # no window needed
     check_student_schedule(load_config(None, ["train.iters=600"]))
     assert stage_iterations(load_config(None, ["train.iters=600"])) == (180, 240)
+
+
+def test_older_files_saliency_labels_key_maps_to_saliency_data():
+
+    assert config_from_dict({"clda": {"saliency_labels": True}}).clda.saliency_data == "val"
+    assert config_from_dict({"clda": {"saliency_labels": False}}).clda.saliency_data == "agreement"
+
+
+def test_the_signed_rule_needs_labelled_saliency_data():
+    with pytest.raises(ConfigError, match="signed needs labels"):
+        load_config(None, ["clda.saliency_rule=signed"])
+    assert load_config(None, ["clda.saliency_rule=signed", "clda.saliency_data=heldout"]).clda.saliency_rule == "signed"

@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_set_argument(student)
 
     analyze = sub.add_parser("analyze", help="the paper's analyses (Fig. 2-5): PNG + JSON")
-    analyze.add_argument("kind", choices=["saliency", "cka", "pvr", "similarity"])
+    analyze.add_argument("kind", choices=["saliency", "cka", "pvr", "similarity", "update-probe"])
     analyze.add_argument("--teacher", required=True, help="first model: the teacher (for pvr: the distilled student)")
     analyze.add_argument(
         "--student", required=True, help="second model: the student (for pvr: the independently trained student)"
@@ -74,12 +74,30 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("-c", "--config", default=None, help="YAML over the first model's config (data.val)")
     analyze.add_argument("--out", default="runs/default/analysis")
     analyze.add_argument("--images", type=int, default=16, help="target-val images to measure on")
+    analyze.add_argument(
+        "--weights",
+        type=float,
+        nargs="+",
+        default=[0.3, 1.0],
+        metavar="W",
+        help="update-probe only: blend weights w = 1 - alpha of Eq. 8, each in [0, 1] (default: 0.3 1.0)",
+    )
     add_set_argument(analyze)
 
     ablation = sub.add_parser("ablation", help="the CLDA ablation rows (paper Tab. 3) over seeds")
     ablation.add_argument("-c", "--config", required=True, help="the student config, e.g. synthcity_clda.yaml")
     ablation.add_argument("--teacher", default="runs/default/teacher/model.safetensors")
-    ablation.add_argument("--seeds", type=int, default=3, help="number of seeds (0 .. N-1)")
+    ablation.add_argument("--seeds", type=int, default=5, help="seeds of the main rows (0 .. N-1)")
+    ablation.add_argument(
+        "--extra-seeds", type=int, default=3, help="seeds of clda_token, clda_both and clda_placebo (0 .. N-1)"
+    )
+    ablation.add_argument(
+        "--shard",
+        default=None,
+        metavar="K/N",
+        help="train only the K-th of N shares (run N processes, then once more without)",
+    )
+    ablation.add_argument("--placebo-alpha", type=float, default=0.99999, help="clda.alpha of the placebo row")
     ablation.add_argument("--runs", default="runs/ablation", help="one run folder per (row, seed) inside")
     ablation.add_argument("--out", default="docs/results.md", help="markdown file whose ablation table is replaced")
     ablation.add_argument("--json", default="docs/results/clda_ablation.json")
@@ -144,12 +162,30 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "analyze":
             from training.analyze import run_analysis
 
-            run_analysis(args.kind, args.teacher, args.student, args.config, args.overrides, args.out, args.images)
+            run_analysis(
+                args.kind,
+                args.teacher,
+                args.student,
+                args.config,
+                args.overrides,
+                args.out,
+                args.images,
+                weights=args.weights,
+            )
         elif args.command == "ablation":
             from training.ablation import run_ablation
 
             run_ablation(
-                args.config, args.teacher, args.overrides, list(range(args.seeds)), args.runs, args.out, args.json
+                args.config,
+                args.teacher,
+                args.overrides,
+                list(range(args.seeds)),
+                args.runs,
+                args.out,
+                args.json,
+                extra_seeds=list(range(min(args.extra_seeds, args.seeds))),
+                shard=args.shard,
+                placebo_alpha=args.placebo_alpha,
             )
         elif args.command == "baselines":
             from training.baselines import run_baselines

@@ -1,19 +1,22 @@
-"""``python -m training analyze {saliency,cka,pvr,similarity}``: the paper's analyses (Fig. 2-5).
+"""``python -m training analyze {saliency,cka,pvr,similarity,update-probe}``: the paper's analyses
+(Fig. 2-5) and the training-free check of CLDA's S->T update (Eq. 8, ``clda_deploy.uda.update_probe``).
 
 Each reads model files (``model.safetensors``, config inside), measures on the first ``--images``
 target-val images of the first model's config (``-c``/``--set`` override it), and writes a PNG and
-the JSON of its numbers into ``--out``.
+the JSON of its numbers into ``--out`` (``<kind>.json``; ``update_probe.json`` for update-probe).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from clda_deploy.config import Config, config_to_dict, load_config
 
-KINDS = ("saliency", "cka", "pvr", "similarity")
+KINDS = ("saliency", "cka", "pvr", "similarity", "update-probe")
+DEFAULT_PROBE_WEIGHTS = (0.3, 1.0)
 
 
 def val_batches(cfg: Config, count: int) -> list[dict[str, Any]]:
@@ -31,15 +34,21 @@ def write_json(path: Path, payload: Any) -> None:
     path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
-def saliency(models: dict[str, Any], batches: list[Any], out: Path, threshold: float) -> dict[str, Any]:
-    """Fig. 2: LSR (Eq. 2) of every block of both models on target-val labels."""
-    from clda_deploy.uda.analysis import lsr_summary, plot_lsr_distribution
-    from clda_deploy.uda.mapping import layer_saliency
+def saliency(cfg: Config, models: dict[str, Any], batches: list[Any], out: Path) -> dict[str, Any]:
+    """Fig. 2: LSR (Eq. 2) of every block of both models on target-val labels, with the signed delta on
+    the target and on ``clda.saliency_source_images`` source images (``saliency_domains.png``)."""
+    from clda_deploy.uda.analysis import lsr_summary, plot_lsr_distribution, plot_saliency_by_domain
+    from clda_deploy.uda.saliency import teacher_saliency
+    from training.student import source_saliency_batches
 
-    results = {role: layer_saliency(model, batches, "labels", threshold=threshold) for role, model in models.items()}
+    source = source_saliency_batches(cfg)
+    threshold, rule = cfg.clda.nonsalient_threshold, cfg.clda.saliency_rule
+    results = {role: teacher_saliency(model, batches, source, "labels", threshold, rule)
+               for role, model in models.items()}  # fmt: skip
     payload = {role: {"summary": lsr_summary(rows), "blocks": rows} for role, rows in results.items()}
     write_json(out / "saliency.json", payload)
     plot_lsr_distribution(results["teacher"], results["student"], out / "saliency.png", threshold)
+    plot_saliency_by_domain(results, out / "saliency_domains.png", threshold)
     return payload
 
 
@@ -90,10 +99,25 @@ def similarity(models: dict[str, Any], batches: list[Any], out: Path) -> dict[st
     return payload
 
 
-def run_analysis(kind: str, first: str, second: str, config_path: str | None, overrides: list[str],
-                 out: str, images: int) -> dict[str, Any]:  # fmt: skip
+def update_probe(models: dict[str, Any], batches: list[Any], out: Path, weights: Sequence[float],
+                 threshold: float | None = None) -> dict[str, Any]:  # fmt: skip
+    """Can Eq. 8 help this pair? The teacher's target-val mIoU after blending each non-salient block (Eq. 2,
+    LSR below ``threshold``, default the paper's 0.1) toward every same-stage student block with each
+    weight, against the shrink and other-teacher-block controls. Prints the one-line verdict."""
+    from clda_deploy.uda.update_probe import plot_probe, probe
+
+    extra = {} if threshold is None else {"threshold": threshold}
+    result = probe(models["teacher"], models["student"], batches, weights=tuple(weights), **extra)
+    write_json(out / "update_probe.json", result)
+    plot_probe(result, out / "update_probe.png")
+    print(f"update-probe: {result['summary']['verdict']}")
+    return result
+
+
+def run_analysis(kind: str, first: str, second: str, config_path: str | None, overrides: list[str], out: str,
+                 images: int, weights: Sequence[float] = DEFAULT_PROBE_WEIGHTS) -> dict[str, Any]:  # fmt: skip
     """Load both models (``first`` = teacher or distilled student, ``second`` = student or independent
-    student), the first model's data config, then run ``kind``."""
+    student), the first model's data config, then run ``kind`` (``weights``: update-probe's blend weights)."""
     import torch
 
     from clda_deploy.checkpoint import load_segmenter, read_config
@@ -109,10 +133,13 @@ def run_analysis(kind: str, first: str, second: str, config_path: str | None, ov
         else:
             batches = val_batches(cfg, images)
             if kind == "saliency":
-                result = saliency(models, batches, out_dir, cfg.clda.nonsalient_threshold)
+                result = saliency(cfg, models, batches, out_dir)
             elif kind == "cka":
                 result = cka(models, batches, out_dir)
+            elif kind == "update-probe":
+                result = update_probe(models, batches, out_dir, weights, cfg.clda.nonsalient_threshold)
             else:
                 result = similarity(models, batches, out_dir)
-    print(f"{kind}: {out_dir / (kind + '.json')} and {out_dir / (kind + '.png')}")
+    stem = kind.replace("-", "_")
+    print(f"{kind}: {out_dir / (stem + '.json')} and {out_dir / (stem + '.png')}")
     return result

@@ -82,7 +82,7 @@ def build_trainer(mode: str, config: str, teacher_path: str, size: int, steps: i
     # Every block counts as non-salient, so 30% of all teacher blocks are mapped: an upper bound on
     # the S->T cost (a real run maps 30% of the non-salient ones). LSR is label-free here.
     cfg = load_config(config, [f"clda.mapping={mapping}", f"data.crop=[{size},{size}]", f"train.iters={iters}",
-                               "train.device=cpu", "train.progress=false", "clda.saliency_labels=false",
+                               "train.device=cpu", "train.progress=false", "clda.saliency_data=agreement",
                                "clda.nonsalient_threshold=1000"])  # fmt: skip
     teacher = load_segmenter(teacher_path)
     student = build_segmenter(cfg.model.encoder, cfg.model.head, head_channels=cfg.model.head_channels)

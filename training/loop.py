@@ -36,6 +36,11 @@ from training.state import capture_rng, load_checkpoint, restore_rng, save_check
 CHECKPOINT = "checkpoint.pt"
 
 
+def snapshot_name(iteration: int) -> str:
+    """``snapshot-000180.pt``: the resume state after ``iteration`` steps (LoopInputs.snapshots)."""
+    return f"snapshot-{iteration:06d}.pt"
+
+
 @dataclass
 class LoopInputs:
     """What a training command hands the loop."""
@@ -49,6 +54,11 @@ class LoopInputs:
     device: torch.device
     dist: DistInfo = field(default_factory=DistInfo)
     extra_state: dict[str, Any] = field(default_factory=dict)
+    # Iterations after which a copy of the resume state is kept as snapshot-<iteration>.pt, so that
+    # runs identical up to that point can fork from it (training/fork.py).
+    snapshots: tuple[int, ...] = ()
+    # Stop (checkpoint written, no final evaluation) after this many steps: a shared prefix run.
+    stop_at: int | None = None
 
 
 @dataclass
@@ -227,7 +237,8 @@ class Trainer:
         interrupted = False
         try:
             with sigterm_as_interrupt():
-                while self.iteration < cfg.iters:
+                last = cfg.iters if self.inputs.stop_at is None else min(cfg.iters, self.inputs.stop_at)
+                while self.iteration < last:
                     losses = self.step(batches)
                     for key, value in losses.items():
                         sums[key] = sums.get(key, 0.0) + float(value.detach())
@@ -240,6 +251,8 @@ class Trainer:
                         self.evaluate()
                     if cfg.checkpoint_every and self.iteration % cfg.checkpoint_every == 0:
                         self.save()
+                    if self.iteration in self.inputs.snapshots and self.inputs.dist.is_main:
+                        save_checkpoint(self.inputs.run_dir / snapshot_name(self.iteration), self.state())
         except KeyboardInterrupt:
             interrupted = True
             self.save()

@@ -52,5 +52,13 @@ def lr_factor(iteration: int, cfg: TrainConfig) -> float:
     return poly
 
 
+def lr_share_after(start: int, cfg: TrainConfig) -> float:
+    """The share of the run's summed learning rate that falls on iterations ``>= start``: how much of
+    the student's training sees a teacher changed by S->T updates that begin at ``start`` (T3)."""
+    factors = [lr_factor(iteration, cfg) for iteration in range(cfg.iters)]
+    total = sum(factors)
+    return sum(factors[max(start, 0) :]) / total if total > 0 else 0.0
+
+
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda iteration: lr_factor(iteration, cfg))

@@ -1,8 +1,10 @@
 """``python -m training student``: the CLDA student from a trained teacher (paper §5).
 
 Recipe: 1 config + teacher file (compatibility checked before any work); 2 datasets; 3 the fixed
-saliency subset; 4 student model and CLDA task; 5 the one loop; 6 ``model.safetensors`` (student),
-``teacher_updated.safetensors`` (the teacher after S->T) and both models' target-val metrics.
+saliency subsets (target, and source); 4 student model (random or teacher-initialised) and CLDA
+task; 5 the one loop; 6 ``model.safetensors`` (student), ``teacher_updated.safetensors`` (the
+teacher after S->T) and both models' target-val metrics. The student's ``metrics.json`` also
+records the teacher it learnt from (sha256, target-val mIoU) and the S->T dose.
 """
 
 from __future__ import annotations
@@ -11,26 +13,98 @@ import json
 from pathlib import Path
 from typing import Any
 
-from clda_deploy.config import Config, check_student_schedule, load_config, save_config
+from clda_deploy.config import Config, ConfigError, check_student_schedule, load_config, save_config
 
 DEFAULT_OUT = "runs/default/student"
+INIT_FILE = "student_init.json"  # {student block: teacher block} of a teacher-initialised student
+
+
+def _batches(samples: list[Any], labels: bool) -> list[dict[str, Any]]:
+    from clda_deploy.evaluation import collate_eval
+
+    batches = [collate_eval(samples[i : i + 4]) for i in range(0, len(samples), 4)]
+    return batches if labels else [{"image": batch["image"]} for batch in batches]
 
 
 def saliency_batches(cfg: Config, datasets: dict[str, Any]) -> list[dict[str, Any]]:
-    """The fixed target subset R (Eq. 2) is measured on: target-val with labels, or target-train
-    images alone (label-free agreement) when ``clda.saliency_labels`` is false."""
-    from clda_deploy.evaluation import collate_eval
-
-    count = cfg.clda.saliency_images
-    if cfg.clda.saliency_labels:
-        dataset = datasets["val"]
-        samples = [dataset[i] for i in range(min(count, len(dataset)))]
-        return [collate_eval(samples[i : i + 4]) for i in range(0, len(samples), 4)]
+    """The fixed target subset R (Eq. 2) is measured on (``clda.saliency_data``), never scored images
+    unless ``val`` asks for the paper's literal protocol: ``agreement``: the first target-train images,
+    label-free; ``heldout``: the last target-train images with their labels; ``val``: the first
+    target-val images with labels."""
     from clda_deploy.data import build_dataset
 
-    dataset = build_dataset(cfg.data.target, train=False, labels=False)
-    samples = [dataset[i] for i in range(min(count, len(dataset)))]
-    return [{"image": collate_eval(samples[i : i + 4])["image"]} for i in range(0, len(samples), 4)]
+    count, mode = cfg.clda.saliency_images, cfg.clda.saliency_data
+    if mode == "val":
+        dataset = datasets["val"]
+        return _batches([dataset[i] for i in range(min(count, len(dataset)))], labels=True)
+    dataset = build_dataset(cfg.data.target, train=False, labels=mode == "heldout")
+    indices = (
+        range(min(count, len(dataset))) if mode == "agreement" else range(max(len(dataset) - count, 0), len(dataset))
+    )
+    return _batches([dataset[i] for i in indices], labels=mode == "heldout")
+
+
+def source_saliency_batches(cfg: Config) -> list[dict[str, Any]] | None:
+    """The first ``clda.saliency_source_images`` source images with labels (None when 0)."""
+    from clda_deploy.data import build_dataset
+
+    count = cfg.clda.saliency_source_images
+    if count == 0:
+        return None
+    dataset = build_dataset(cfg.data.source, train=False)
+    return _batches([dataset[i] for i in range(min(count, len(dataset)))], labels=True)
+
+
+def teacher_provenance(teacher_path: str) -> dict[str, Any]:
+    """``{"teacher": path, "teacher_sha256", "teacher_miou"}``; the mIoU comes from the teacher run's
+    ``metrics.json`` beside the file when that file scored this very checkpoint, else None."""
+    from clda_deploy.checkpoint import file_sha256
+
+    path = Path(teacher_path)
+    miou = None
+    metrics = path.parent / "metrics.json"
+    if metrics.is_file():
+        payload = json.loads(metrics.read_text())
+        if Path(str(payload.get("checkpoint", ""))).resolve() == path.resolve():
+            miou = payload.get("miou")
+    return {"teacher": str(path), "teacher_sha256": file_sha256(path), "teacher_miou": miou}
+
+
+def update_dose(cfg: Config) -> dict[str, Any]:
+    """How much S->T can do in this schedule: the blend the mapped teacher blocks reach,
+    1 - alpha^(T - T3) (Eq. 8 with a fixed student), and the lr-weighted share of the student's
+    training that sees the changed teacher (iterations >= T3)."""
+    from clda_deploy.config import stage_iterations
+    from clda_deploy.uda.ema import blend_fraction
+    from training.optim import lr_share_after
+
+    t2, t3 = stage_iterations(cfg)
+    active = cfg.clda.mapping != "none"
+    steps = max(cfg.train.iters - t3, 0) if active else 0
+    return {"t2": t2, "t3": t3, "alpha": cfg.clda.alpha, "update_steps": steps,
+            "blend_fraction": blend_fraction(cfg.clda.alpha, steps),
+            "lr_share_after_t3": lr_share_after(t3, cfg.train) if active else 0.0}  # fmt: skip
+
+
+def initialise_student(cfg: Config, teacher: Any, student: Any, batches: list[Any], run_dir: Path | None) -> dict:
+    """``clda.student_init: teacher``: copy the teacher into the student (``student_init.json`` records
+    which teacher block seeded each student block); returns that map (empty for random init)."""
+    from clda_deploy.uda.student_init import initialise_from_teacher, student_block_sources
+
+    if cfg.clda.student_init != "teacher":
+        return {}
+    saliency = None
+    if cfg.clda.student_init_blocks == "salient":
+        from clda_deploy.uda.saliency import teacher_saliency
+
+        reference = "agreement" if cfg.clda.saliency_data == "agreement" else "labels"
+        saliency = teacher_saliency(teacher, batches, reference=reference, threshold=cfg.clda.nonsalient_threshold)
+    sources = student_block_sources(teacher, student, cfg.clda.student_init_blocks, saliency)
+    initialise_from_teacher(student, teacher, sources)
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / INIT_FILE).write_text(json.dumps(sources, indent=2) + "\n")
+    return sources
 
 
 def prepare_student(cfg: Config, teacher_path: str, run_dir: Path, resume: bool) -> tuple[Any, Any]:
@@ -55,7 +129,9 @@ def prepare_student(cfg: Config, teacher_path: str, run_dir: Path, resume: bool)
     datasets = build_datasets(cfg, needs_target=True, target_labels=False)
     student = student.to(device)
     batches = saliency_batches(cfg, datasets)
-    task = CLDATask(cfg, teacher, batches, run_dir, is_main=dist.is_main)
+    if not resume:
+        initialise_student(cfg, teacher, student, batches, run_dir if dist.is_main else None)
+    task = CLDATask(cfg, teacher, batches, run_dir, is_main=dist.is_main, source_batches=source_saliency_batches(cfg))
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -79,13 +155,30 @@ def write_teacher(cfg_path_teacher: str, run_dir: Path, task: Any, val: Any, dev
     return payload
 
 
-def train_student(cfg: Config, teacher_path: str, run_dir: Path, resume: bool = False) -> tuple[Any, dict, dict]:
-    """Train; on rank 0 write the student, the updated teacher and both metrics files."""
+def student_record(cfg: Config, teacher_path: str, task: Any) -> dict[str, Any]:
+    """The ``clda`` section of the student's ``metrics.json``: provenance, dose, mapping, mean q."""
+    return {"clda": {**teacher_provenance(teacher_path), "mapping_mode": cfg.clda.mapping,
+                     "student_init": cfg.clda.student_init, "saliency_rule": cfg.clda.saliency_rule,
+                     "saliency_data": cfg.clda.saliency_data, **update_dose(cfg), **task.summary()}}  # fmt: skip
+
+
+def train_student(
+    cfg: Config,
+    teacher_path: str,
+    run_dir: Path,
+    resume: bool = False,
+    evaluate_teacher: bool = True,
+    snapshots: tuple[int, ...] = (),
+) -> tuple[Any, dict, dict]:
+    """Train; on rank 0 write the student, the updated teacher and both metrics files
+    (``evaluate_teacher=False`` skips the updated teacher's evaluation, for ablation rows that only
+    score the student; ``snapshots``: iterations whose resume state is kept for forks)."""
     from training.distributed import shutdown
     from training.loop import Trainer
     from training.teacher import write_outputs
 
     inputs, val = prepare_student(cfg, teacher_path, run_dir, resume)
+    inputs.snapshots = tuple(snapshots)
     try:
         result = Trainer(inputs).run(resume=resume)
         if result.interrupted:
@@ -93,28 +186,43 @@ def train_student(cfg: Config, teacher_path: str, run_dir: Path, resume: bool = 
         student_metrics: dict[str, Any] = {}
         teacher_metrics: dict[str, Any] = {}
         if inputs.dist.is_main:
-            student_metrics = write_outputs(cfg, run_dir, result, val, "student", inputs.device)
-            teacher_metrics = write_teacher(teacher_path, run_dir, inputs.task, val, inputs.device,
-                                            cfg.train.progress)  # fmt: skip
+            record = student_record(cfg, teacher_path, inputs.task)
+            student_metrics = write_outputs(cfg, run_dir, result, val, "student", inputs.device, extra=record)
+            if evaluate_teacher:
+                teacher_metrics = write_teacher(teacher_path, run_dir, inputs.task, val, inputs.device,
+                                                cfg.train.progress)  # fmt: skip
         return result, student_metrics, teacher_metrics
     finally:
         shutdown(inputs.dist)
 
 
-def run_student(config_path: str, teacher: str, overrides: list[str], out: str | None, resume: bool) -> dict:
-    """The ``student`` command: validates config, data folders and the teacher before training."""
+def check_student_config(cfg: Config, teacher: str) -> None:
+    """Everything a student run can get wrong before training, in seconds."""
     from clda_deploy.checkpoint import check_init, read_config
     from clda_deploy.data import check_roots
 
-    cfg = load_config(config_path, overrides)
     check_student_schedule(cfg)
-    read_config(teacher)  # a missing or foreign teacher file fails here, in seconds
+    read_config(teacher)  # a missing or foreign teacher file fails here
     check_roots({"data.source": cfg.data.source, "data.target": cfg.data.target, "data.val": cfg.data.val})
     if cfg.model.init is not None:
+        if cfg.clda.student_init == "teacher":
+            raise ConfigError("model.init and clda.student_init=teacher both set the student's start: choose one")
         check_init(cfg.model.init, cfg)
+
+
+def run_student(
+    config_path: str, teacher: str, overrides: list[str], out: str | None, resume: bool, evaluate_teacher: bool = True
+) -> dict:
+    """The ``student`` command: validates config, data folders and the teacher before training."""
+    cfg = load_config(config_path, overrides)
+    check_student_config(cfg, teacher)
     run_dir = Path(out or DEFAULT_OUT)
-    _, student, updated = train_student(cfg, teacher, run_dir, resume)
+    _, student, updated = train_student(cfg, teacher, run_dir, resume, evaluate_teacher)
     if student:
-        print(f"student (CLDA, mapping={cfg.clda.mapping}) target-val mIoU: {student['miou']:.2f}")
+        dose = student["clda"]
+        print(f"student (CLDA, mapping={cfg.clda.mapping}, init={cfg.clda.student_init}) target-val mIoU: "
+              f"{student['miou']:.2f}; S->T blend reached {dose['blend_fraction']:.2f} over {dose['update_steps']} "
+              f"steps ({dose['lr_share_after_t3']:.0%} of the lr-weighted training after T3)")  # fmt: skip
+    if updated:
         print(f"teacher after S->T updates target-val mIoU: {updated['miou']:.2f} -> {run_dir}")
     return {"student": student, "teacher_updated": updated}

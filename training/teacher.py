@@ -106,8 +106,10 @@ def rare_class_sampler(cfg: Config, dataset: Any, dist: Any) -> Any:
     return sampler
 
 
-def write_outputs(cfg: Config, run_dir: Path, result: Any, val: Any, role: str, device: Any) -> dict[str, Any]:
-    """``model.safetensors`` (config inside) and ``metrics.json`` on target-val."""
+def write_outputs(
+    cfg: Config, run_dir: Path, result: Any, val: Any, role: str, device: Any, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """``model.safetensors`` (config inside) and ``metrics.json`` on target-val (plus ``extra`` keys)."""
     from clda_deploy.checkpoint import atomic_write, save_model
     from clda_deploy.evaluation import evaluate
     from training.evaluate import metrics_payload
@@ -123,6 +125,7 @@ def write_outputs(cfg: Config, run_dir: Path, result: Any, val: Any, role: str, 
         result.model.eval(), val, cfg.model.num_classes, cfg.eval, device=device, progress=cfg.train.progress
     )
     payload = metrics_payload(outcome.matrix, list(val.class_names), cfg, outcome.num_images, str(model_path))
+    payload.update(extra or {})
     atomic_write(run_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(payload, indent=2)))
     return payload
 

@@ -80,6 +80,12 @@ class Segmenter(nn.Module):
             f"names are stage{{s}}.block{{bb}}, e.g. {shown}, ..., {names[-1]} ({len(names)} blocks)"
         )
 
+    def block_state_prefix(self, name: str) -> str:
+        """The ``state_dict`` key prefix of block ``name`` (keys ``prefix + "." + tensor``), found by
+        module identity so that no caller spells the encoder's attribute paths."""
+        block = self.block(name)
+        return next(path for path, module in self.named_modules() if module is block)
+
     def _blocks(self, names: Iterable[str]) -> dict[str, nn.Module]:
         # Resolve every name before touching anything, so a typo changes no block.
         if isinstance(names, str):

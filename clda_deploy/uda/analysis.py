@@ -78,6 +78,31 @@ def plot_lsr_distribution(
     return _save(figure, path)
 
 
+def plot_saliency_by_domain(
+    saliency: Mapping[str, Sequence[Mapping[str, Any]]], path: str | Path, threshold: float = DEFAULT_LSR_THRESHOLD
+) -> Path:
+    """Signed delta of Eq. 2 (R(full) - R(block skipped)) per block on the target and on the source, one
+    panel per model: a block below zero on the target but above on the source is a domain-shift block,
+    one near zero on both an unused one."""
+    figure = _figure(14, 3.5 * len(saliency))
+    axes = figure.subplots(len(saliency), 1, squeeze=False)[:, 0]
+    for axis, (role, entries) in zip(axes, saliency.items(), strict=True):
+        positions = range(len(entries))
+        target = [float(entry["delta"]) for entry in entries]
+        source = [float(entry["delta_source"]) if entry.get("delta_source") is not None else 0.0 for entry in entries]
+        axis.bar([p - 0.2 for p in positions], target, width=0.4, color="tab:orange", label="target")
+        axis.bar([p + 0.2 for p in positions], source, width=0.4, color="tab:gray", label="source")
+        for line in (threshold, -threshold):
+            axis.axhline(line, color="black", linestyle="--", linewidth=0.8)
+        axis.axhline(0.0, color="black", linewidth=0.8)
+        axis.set_yscale("symlog", linthresh=threshold)
+        axis.set_xticks(list(positions), [_short(entry["block"]) for entry in entries], rotation=90, fontsize=6)
+        hurting = sum(value < -threshold for value in target)
+        axis.set(ylabel="Δ mIoU when skipped", title=f"{role}: {hurting} blocks whose removal raises target mIoU")
+        axis.legend(loc="upper right")
+    return _save(figure, path)
+
+
 def _centered(features: Matrix) -> Tensor:
     """``[n, p]`` features as float64 on the CPU, each column centred (the H of HSIC)."""
     x = torch.as_tensor(features).detach().to("cpu", torch.float64)

@@ -4,10 +4,14 @@ teacher.
 
 Per training step t (0-based) with T2 = t2·T and T3 = t3·T:
 1. Stage 1, T->S (Eq. 4, 5, 9): loss = CE(student(source), source labels)
-   + q-weighted CE(student(target), argmax teacher(target)); the teacher runs in eval mode under
-   ``torch.no_grad`` and none of its parameters requires grad.
+   + q-weighted CE(student(target), argmax teacher(target)); the teacher runs under ``torch.no_grad``
+   with autocast off, none of its parameters requires grad, and its BatchNorm layers use the target
+   batch's statistics when ``uda.teacher_batch_stats`` is set (as the DAFormer teacher was trained to
+   predict). With ``clda.student_mixing`` the target half is DAFormer's ClassMix of the source onto
+   the target with the teacher's labels, colour-jittered and blurred.
 2. Stage 2, layer mapping: at the first step >= T2, LSR of every teacher block (Eq. 2) on a fixed
-   target subset; 30% of the non-salient blocks are picked at random (seeded). For T2 <= t < T3 the
+   target subset (and, recorded beside it, on a source subset); ``clda.saliency_rule`` marks the
+   non-salient ones, 30% of which are picked at random (seeded). For T2 <= t < T3 the
    channel-wise cosine similarity (Eq. 6) between each picked teacher block's attention output and
    every same-stage student block's, on the same target batch, is accumulated; after step T3 - 1,
    i* = argmax (Eq. 7).
@@ -28,15 +32,18 @@ from clda_deploy.config import SIMILARITY_MAPPINGS, Config, stage_iterations
 from clda_deploy.losses import pixel_weighted_cross_entropy
 from clda_deploy.uda.daformer import unwrap
 from clda_deploy.uda.ema import ema_update_pairs
-from clda_deploy.uda.mapping import (
-    SimilarityAccumulator,
-    layer_saliency,
-    mapping_entries,
-    random_mapping,
-    select_nonsalient,
-)
-from clda_deploy.uda.pseudo_label import pseudo_labels
+from clda_deploy.uda.mapping import SimilarityAccumulator, mapping_entries, random_mapping, select_nonsalient
+from clda_deploy.uda.mixing import mix_with_pseudo_labels
+from clda_deploy.uda.pseudo_label import pseudo_labels, teacher_logits
+from clda_deploy.uda.saliency import teacher_saliency
 from clda_deploy.uda.task import Batch
+
+SALIENCY_KEYS = ("block", "lsr", "delta", "salient", "rule", "delta_source", "lsr_source")
+
+
+def full_precision(device: torch.device) -> Any:
+    """A context with autocast off: LSR (Eq. 2) and the pseudo-labels are measured in float32."""
+    return torch.autocast(device.type, enabled=False)
 
 
 def block_path(name: str, scope: str) -> str:
@@ -53,29 +60,38 @@ class CLDATask:
     target_labels = False
 
     def __init__(
-        self, cfg: Config, teacher: nn.Module, saliency_batches: list[Any], run_dir: Path, is_main: bool = True
+        self,
+        cfg: Config,
+        teacher: nn.Module,
+        saliency_batches: list[Any],
+        run_dir: Path,
+        is_main: bool = True,
+        source_batches: list[Any] | None = None,
     ) -> None:
         self.cfg, self.clda = cfg, cfg.clda
         self.teacher = teacher.eval().requires_grad_(False)
-        self.saliency_batches = saliency_batches
+        self.saliency_batches, self.source_batches = saliency_batches, source_batches
         self.run_dir, self.is_main = run_dir, is_main
         self.t2, self.t3 = stage_iterations(cfg)
         self.saliency: list[dict[str, Any]] | None = None
         self.picked: list[str] | None = None
         self.accumulator: SimilarityAccumulator | None = None
         self.mapping: dict[str, str] | None = None
+        self.generator = torch.Generator().manual_seed(cfg.train.seed)  # ClassMix draws (student_mixing)
+        self.pseudo_weight_sum, self.pseudo_weight_count = 0.0, 0  # q over training, for metrics.json
 
     # ----- stage 2 -----------------------------------------------------------------------------
     def _start_mapping(self, student: nn.Module) -> None:
         """LSR of every teacher block (Eq. 2), then the seeded 30% pick of the non-salient ones."""
-        reference = "labels" if self.clda.saliency_labels else "agreement"
-        self.saliency = layer_saliency(self.teacher, self.saliency_batches, reference=reference,
-                                       num_classes=self.cfg.model.num_classes,
-                                       threshold=self.clda.nonsalient_threshold, progress=False)  # fmt: skip
+        reference = "agreement" if self.clda.saliency_data == "agreement" else "labels"
+        with full_precision(next(self.teacher.parameters()).device):
+            self.saliency = teacher_saliency(self.teacher, self.saliency_batches, self.source_batches,
+                                             reference=reference, threshold=self.clda.nonsalient_threshold,
+                                             rule=self.clda.saliency_rule)  # fmt: skip
         self.picked = select_nonsalient(self.saliency, self.clda.select_ratio, seed=self.cfg.train.seed)
         if self.clda.mapping in SIMILARITY_MAPPINGS:
             self.accumulator = SimilarityAccumulator(self.picked, unwrap(student).block_names(), self.clda.mapping)
-        self._write("saliency.json", [{k: e[k] for k in ("block", "lsr", "delta", "salient")} for e in self.saliency])
+        self._write("saliency.json", [{k: e[k] for k in SALIENCY_KEYS} for e in self.saliency])
 
     def _finish_mapping(self, student: nn.Module) -> None:
         """Eq. 7 (or the random ablation): the student block for each picked teacher block."""
@@ -115,6 +131,16 @@ class CLDATask:
         return self.accumulator is not None and self.t2 <= iteration < self.t3
 
     # ----- the step ----------------------------------------------------------------------------
+    def _teacher_forward(self, images: Tensor, capture: list[str] | None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Teacher logits in float32 without gradient (and, with ``capture``, its attention outputs)."""
+        batch_stats = self.cfg.uda.teacher_batch_stats
+        with torch.no_grad(), full_precision(images.device):
+            if not capture:
+                return teacher_logits(self.teacher, images, batch_stats), {}
+            with self.teacher.capture_attention(capture, detach=True) as attention:
+                logits = teacher_logits(self.teacher, images, batch_stats)
+            return logits, attention
+
     def losses(self, model: nn.Module, batch: Batch, iteration: int) -> dict[str, Tensor]:
         if self.clda.mapping != "none" and self.picked is None and iteration >= self.t2:
             self._start_mapping(model)
@@ -122,16 +148,19 @@ class CLDATask:
         count = source["image"].shape[0]
         accumulate = self._accumulating(iteration)
         assert self.accumulator is not None or not accumulate
-        with torch.no_grad():
-            if accumulate:
-                with self.teacher.capture_attention(list(self.accumulator.scores), detach=True) as teacher_attention:
-                    teacher_logits = self.teacher(target["image"])
-            else:
-                teacher_logits = self.teacher(target["image"])
-        labels, weight, _ = pseudo_labels(teacher_logits, threshold=self.cfg.uda.pseudo_threshold,
-                                          ignore_top=self.cfg.uda.ignore_top,
-                                          ignore_bottom=self.cfg.uda.ignore_bottom)  # fmt: skip
-        images = torch.cat([source["image"], target["image"]])
+        capture = list(self.accumulator.scores) if accumulate else None
+        teacher_logits_target, teacher_attention = self._teacher_forward(target["image"], capture)
+        labels, weight, confidence = pseudo_labels(teacher_logits_target, threshold=self.cfg.uda.pseudo_threshold,
+                                                   ignore_top=self.cfg.uda.ignore_top,
+                                                   ignore_bottom=self.cfg.uda.ignore_bottom)  # fmt: skip
+        q = (confidence >= self.cfg.uda.pseudo_threshold).float().mean()  # the share DAFormer calls q
+        target_images = target["image"]
+        if self.clda.student_mixing:  # DAFormer's step with the fixed teacher's labels
+            target_images, labels, weight = mix_with_pseudo_labels(source, target_images, labels, weight,
+                                                                   self.cfg.uda, self.generator)  # fmt: skip
+            if accumulate:  # Eq. 6 compares both models on the same images: the mixed ones here
+                _, teacher_attention = self._teacher_forward(target_images, capture)
+        images = torch.cat([source["image"], target_images])
         if accumulate:
             with unwrap(model).capture_attention(self.accumulator.student_blocks(), detach=True) as student_attention:
                 logits = model(images)
@@ -141,8 +170,9 @@ class CLDATask:
         source_ce = pixel_weighted_cross_entropy(logits[:count], source["label"])
         distill = pixel_weighted_cross_entropy(logits[count:], labels, weight)  # Eq. 4 with q
         total = source_ce + distill  # Eq. 9
-        return {"loss": total, "source_ce": source_ce.detach(), "distill_ce": distill.detach(),
-                "pseudo_weight": weight.amax()}  # fmt: skip
+        self.pseudo_weight_sum += float(q)
+        self.pseudo_weight_count += 1
+        return {"loss": total, "source_ce": source_ce.detach(), "distill_ce": distill.detach(), "pseudo_weight": q}
 
     def after_step(self, model: nn.Module, iteration: int) -> None:
         if self.picked is not None and self.mapping is None and iteration >= self.t3 - 1:
@@ -160,13 +190,51 @@ class CLDATask:
             "picked": self.picked,
             "accumulator": None if self.accumulator is None else self.accumulator.state_dict(),
             "mapping": self.mapping,
+            "generator": self.generator.get_state(),
+            "pseudo_weight": [self.pseudo_weight_sum, self.pseudo_weight_count],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.teacher.load_state_dict(state["teacher"])
         self.saliency, self.picked, self.mapping = state["saliency"], state["picked"], state["mapping"]
+        if "generator" in state:  # checkpoints written before student_mixing have neither
+            self.generator.set_state(state["generator"])
+            self.pseudo_weight_sum, self.pseudo_weight_count = state["pseudo_weight"]
+        self.accumulator = None
         if state["accumulator"] is not None:
             saved = state["accumulator"]
             students = sorted({s for row in saved["scores"].values() for s in row})
             self.accumulator = SimilarityAccumulator(list(saved["scores"]), students, saved["mode"])
             self.accumulator.load_state_dict(saved)
+
+    # ----- reporting ---------------------------------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """What a student run's ``metrics.json`` records of CLDA: the mapping and the mean q."""
+        mean = self.pseudo_weight_sum / self.pseudo_weight_count if self.pseudo_weight_count else None
+        return {"mapping": self.mapping or {}, "picked": self.picked or [], "pseudo_weight_mean": mean}
+
+
+def forked_task_state(state: dict[str, Any], mapping: str, t2: int, t3: int, iteration: int) -> dict[str, Any]:
+    """A CLDA task state taken from another run at ``iteration``, adapted to ``clda.mapping`` ``mapping``.
+
+    Every mapping mode trains the student identically before T3 (LSR and the similarity sums read the
+    models without changing them), so a snapshot can seed another mode: ``none`` from any point (the
+    mapping is dropped), ``random`` at T3 (the same LSR pick, a random i*), the snapshot's own mode
+    anywhere, and any other similarity mode only before T2 (it must accumulate its own sums).
+    Raises ValueError when the snapshot cannot serve ``mapping``."""
+    saved_mode = None if state["accumulator"] is None else state["accumulator"]["mode"]
+    forked = dict(state)
+    if mapping == "none":
+        return {**forked, "saliency": None, "picked": None, "accumulator": None, "mapping": None}
+    if iteration <= t2:
+        if state["picked"] is not None:
+            raise ValueError(f"snapshot at iteration {iteration} already holds a mapping pick")
+        return forked
+    if mapping == "random" and iteration <= t3 and state["picked"] is not None:
+        return {**forked, "accumulator": None, "mapping": None}
+    if mapping == saved_mode:
+        return forked
+    raise ValueError(
+        f"a snapshot at iteration {iteration} (T2={t2}, T3={t3}, mode {saved_mode}) cannot start a "
+        f"clda.mapping={mapping} run: fork similarity modes at T2, random at T3"
+    )

@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from clda_deploy.config import Config
 from clda_deploy.losses import masked_feature_distance, pixel_weighted_cross_entropy
 from clda_deploy.uda.ema import copy_model, ema_alpha, ema_update
-from clda_deploy.uda.mixing import class_mix_masks, mix, strong_transform
-from clda_deploy.uda.pseudo_label import pseudo_labels
+from clda_deploy.uda.mixing import mix_with_pseudo_labels
+from clda_deploy.uda.pseudo_label import pseudo_labels, teacher_logits
 from clda_deploy.uda.task import Batch
 
 log = logging.getLogger(__name__)
@@ -92,45 +92,14 @@ class DAFormerTask:
         return copy_model(build_encoder(cfg.model.encoder, pretrained=cfg.model.pretrained)).eval()
 
     @torch.no_grad()
-    def _teacher_logits(self, images: Tensor) -> Tensor:
-        """The EMA teacher's logits; with ``uda.teacher_batch_stats`` its BatchNorm layers use the
-        target batch's statistics (as in DAFormer, whose teacher runs in train mode) while their
-        running statistics stay untouched (momentum 0 for this forward)."""
-        if not self.cfg.teacher_batch_stats:
-            return self.teacher(images)
-        norms = [m for m in self.teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        saved = [m.momentum for m in norms]
-        try:
-            for m in norms:
-                m.train()
-                m.momentum = 0.0
-            return self.teacher(images)
-        finally:
-            for m, momentum in zip(norms, saved, strict=True):
-                m.eval()
-                m.momentum = momentum
-
-    @torch.no_grad()
     def _mixed_batch(self, source: dict[str, Any], target: dict[str, Any]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Steps 1-3: (mixed images, mixed labels, mixed weights, q)."""
         cfg = self.cfg
-        labels, weight, _ = pseudo_labels(
-            self._teacher_logits(target["image"]),
-            cfg.pseudo_threshold,
-            cfg.ignore_top,
-            cfg.ignore_bottom,
-            reference_height=512,
-        )
-        source_labels = source["label"]
-        if cfg.classmix:
-            masks = class_mix_masks(source_labels.cpu(), self.generator).to(source_labels.device)
-        else:
-            masks = torch.zeros((labels.shape[0], 1, *labels.shape[1:]), device=labels.device)
-        images = mix(masks, source["image"], target["image"])
-        mixed_labels = mix(masks, source_labels, labels)
-        mixed_weight = mix(masks, torch.ones_like(weight), weight)
-        images = strong_transform(
-            images, self.generator, cfg.color_jitter, cfg.color_jitter_p, blur=cfg.blur_p > 0, blur_p=cfg.blur_p
+        logits = teacher_logits(self.teacher, target["image"], cfg.teacher_batch_stats)
+        labels, weight, _ = pseudo_labels(logits, cfg.pseudo_threshold, cfg.ignore_top, cfg.ignore_bottom,
+                                          reference_height=512)  # fmt: skip
+        images, mixed_labels, mixed_weight = mix_with_pseudo_labels(
+            source, target["image"], labels, weight, cfg, self.generator
         )
         return images, mixed_labels, mixed_weight, weight.amax()
 

@@ -16,6 +16,7 @@ import torch
 import torchvision.transforms.v2.functional as TF  # noqa: N812 (the conventional alias)
 from torch import Tensor
 
+from clda_deploy.config import UDAConfig
 from clda_deploy.data.labels import IGNORE_INDEX
 from clda_deploy.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize
 
@@ -186,3 +187,29 @@ def strong_transform(
     if blur:
         images = gaussian_blur(images, probability=blur_p, generator=generator)
     return images
+
+
+@torch.no_grad()
+def mix_with_pseudo_labels(
+    source: dict[str, Tensor],
+    target_images: Tensor,
+    labels: Tensor,
+    weight: Tensor,
+    cfg: UDAConfig,
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """DAFormer's steps 2-3: ClassMix of the source onto the target with the pseudo-labels, then the
+    strong transform. Returns (mixed images ``[B,3,H,W]``, mixed labels ``[B,H,W]``, mixed weights
+    ``[B,H,W]``: 1 on pasted source pixels, the pseudo-label weight elsewhere)."""
+    source_labels = source["label"]
+    if cfg.classmix:
+        masks = class_mix_masks(source_labels.cpu(), generator).to(source_labels.device)
+    else:
+        masks = torch.zeros((labels.shape[0], 1, *labels.shape[1:]), device=labels.device)
+    images = mix(masks, source["image"], target_images)
+    mixed_labels = mix(masks, source_labels, labels)
+    mixed_weight = mix(masks, torch.ones_like(weight), weight)
+    images = strong_transform(
+        images, generator, cfg.color_jitter, cfg.color_jitter_p, blur=cfg.blur_p > 0, blur_p=cfg.blur_p
+    )
+    return images, mixed_labels, mixed_weight

@@ -7,9 +7,34 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["ignored_rows", "pseudo_labels"]
+__all__ = ["ignored_rows", "pseudo_labels", "teacher_logits"]
+
+
+@torch.no_grad()
+def teacher_logits(teacher: nn.Module, images: Tensor, batch_statistics: bool) -> Tensor:
+    """The teacher's logits ``[B,K,H,W]`` for pseudo-labels, without gradient.
+
+    With ``batch_statistics`` its BatchNorm layers normalise with the batch's own statistics (DAFormer's
+    teacher is a train-mode submodule) while their running statistics stay untouched (momentum 0 for this
+    forward); dropout and drop-path stay off. Without it the teacher runs fully in eval mode.
+    """
+    if not batch_statistics:
+        return teacher(images)
+    norms = [m for m in teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+    try:
+        for m in norms:
+            m.train()
+            m.momentum = 0.0
+        return teacher(images)
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved, strict=True):
+            m.eval()
+            m.momentum = momentum
+            if tracked is not None:  # a train-mode forward counts the batch; the teacher's file must not change
+                m.num_batches_tracked.copy_(tracked)
 
 
 def ignored_rows(height: int, rows: int, reference_height: int = 512) -> int:

@@ -51,3 +51,18 @@ def test_scheduler_drives_all_groups():
     lrs = sorted({round(g["lr"], 6) for g in optimizer.param_groups})
     assert lrs == [0.75, 1.5]
     assert torch.is_tensor(optimizer.param_groups[0]["params"][0])
+
+
+def test_lr_share_after_t3_is_the_summed_schedule_from_that_step() -> None:
+    from clda_deploy.config import TrainConfig
+    from training.optim import lr_factor, lr_share_after
+
+    cfg = TrainConfig(iters=10, warmup_iters=0, lr=1.0)
+    assert lr_share_after(0, cfg) == pytest.approx(1.0) and lr_share_after(10, cfg) == 0.0
+    # poly(1.0) without warmup: factors 1.0, 0.9, ..., 0.1 sum to 5.5; from step 4: 0.6 + ... + 0.1 = 2.1
+    assert lr_share_after(4, cfg) == pytest.approx(2.1 / 5.5)
+    warm = TrainConfig(iters=600, warmup_iters=60, lr=1.0)
+    shares = [lr_share_after(start, warm) for start in (0, 120, 180, 240, 600)]
+    assert shares == sorted(shares, reverse=True)
+    assert shares[2] == pytest.approx(sum(lr_factor(t, warm) for t in range(180, 600)) / sum(
+        lr_factor(t, warm) for t in range(600)))  # fmt: skip

@@ -129,22 +129,82 @@ def test_training_cost_comparison_runs_every_mode(smoke_teacher, tmp_path):
     assert (tmp_path / "cost.json").is_file() and (tmp_path / "cost.md").is_file()
 
 
-def test_ablation_runs_every_row_and_writes_json_and_table(tiny_synthcity, smoke_teacher, tmp_path):
-    from clda_deploy.results_doc import section_markers
-    from training.__main__ import main
-    from training.ablation import ROWS
+def test_the_student_stage_teacher_uses_target_batch_statistics_and_changes_nothing(tiny_synthcity, smoke_teacher,
+                                                                                  tmp_path):  # fmt: skip
+    import copy
 
-    start = section_markers("clda_ablation")[0]
+    from torch import nn
 
-    results = tmp_path / "results.md"
-    results.write_text("# Results\n\nearlier text\n")
-    args = ["ablation", "-c", str(CONFIGS / "smoke_student.yaml"), "--teacher", str(smoke_teacher), "--seeds", "1",
-            "--runs", str(tmp_path / "runs"), "--out", str(results), "--json", str(tmp_path / "ablation.json"),
-            "--set", *overrides(tiny_synthcity), "train.iters=4"]  # fmt: skip
-    assert main(args) == 0
-    summary = json.loads((tmp_path / "ablation.json").read_text())
-    assert list(summary) == list(ROWS) and all(len(row["seeds"]) == 1 for row in summary.values())
-    text = results.read_text()
-    assert "earlier text" in text and text.count(start) == 1
-    assert main(args) == 0, "finished runs are reused"
-    assert results.read_text().count(start) == 1
+    results = {}
+    for flag in ("true", "false"):
+        inputs, _ = prepare_student(student_config(tiny_synthcity, f"uda.teacher_batch_stats={flag}"),
+                                    str(smoke_teacher), tmp_path / flag, False)  # fmt: skip
+        task = inputs.task
+        for module in task.teacher.modules():  # running statistics far from any batch's
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.fill_(2.0)
+                module.running_var.fill_(9.0)
+        before = copy.deepcopy(task.teacher.state_dict())
+        images = next(inputs.streams["target"](0))["image"]
+        reference = copy.deepcopy(task.teacher)
+        if flag == "true":
+            for module in reference.modules():
+                if isinstance(module, nn.BatchNorm2d):
+                    module.train()
+        with torch.no_grad():
+            expected = reference(images)
+        logits, _ = task._teacher_forward(images, None)
+        torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+        for name, tensor in task.teacher.state_dict().items():
+            assert torch.equal(tensor, before[name]), name
+        assert not any(module.training for module in task.teacher.modules())
+        results[flag] = logits
+    assert not torch.allclose(results["true"], results["false"]), "batch and running statistics must differ here"
+
+
+def test_metrics_record_the_teacher_and_the_s_to_t_dose(tiny_synthcity, smoke_teacher, tmp_path):
+    from clda_deploy.checkpoint import file_sha256
+
+    run = tmp_path / "student"
+    _, student, _ = train_student(student_config(tiny_synthcity, "clda.alpha=0.9"), str(smoke_teacher), run,
+                                  evaluate_teacher=False)  # fmt: skip
+    record = json.loads((run / "metrics.json").read_text())["clda"]
+    assert record == student["clda"] and not (run / "teacher_metrics.json").exists()
+    assert record["teacher_sha256"] == file_sha256(smoke_teacher)
+    assert record["teacher_miou"] == json.loads((smoke_teacher.parent / "metrics.json").read_text())["miou"]
+    assert (record["t2"], record["t3"], record["update_steps"]) == (2, 5, 5)
+    assert record["blend_fraction"] == pytest.approx(1 - 0.9**5)
+    assert 0 < record["lr_share_after_t3"] < 1 and 0 <= record["pseudo_weight_mean"] <= 1
+    assert record["mapping"] and record["saliency_data"] == "agreement"
+    saliency = json.loads((run / "saliency.json").read_text())
+    assert all(row["delta_source"] is not None and row["rule"] == "abs" for row in saliency)
+
+
+def test_teacher_init_and_student_mixing_train(tiny_synthcity, smoke_teacher, tmp_path):
+    from safetensors.torch import load_file
+
+    inputs, _ = prepare_student(student_config(tiny_synthcity, "clda.student_init=teacher"), str(smoke_teacher),
+                                tmp_path / "init", False)  # fmt: skip
+    teacher = load_file(str(smoke_teacher))  # the smoke teacher has the student's depths: an exact copy
+    for name, tensor in inputs.model.state_dict().items():
+        assert torch.equal(tensor, teacher[name]), name
+    assert json.loads((tmp_path / "init" / "student_init.json").read_text())["stage3.block01"] == "stage3.block01"
+    run = tmp_path / "mixing"
+    result, student, _ = train_student(student_config(tiny_synthcity, "clda.student_mixing=true", "train.iters=6"),
+                                       str(smoke_teacher), run)  # fmt: skip
+    assert result.iteration == 6 and (run / "mapping.json").is_file()
+    resumed, _ = prepare_student(student_config(tiny_synthcity, "clda.student_mixing=true", "train.iters=6"),
+                                 str(smoke_teacher), run, resume=True)  # fmt: skip
+    Trainer(resumed).resume()
+    saved = torch.load(run / CHECKPOINT, weights_only=False)["task"]
+    assert torch.equal(resumed.task.generator.get_state(), saved["generator"])
+
+
+def test_model_init_and_teacher_init_together_are_refused(tiny_synthcity, smoke_teacher):
+    from clda_deploy.config import ConfigError
+    from training.student import run_student
+
+    with pytest.raises(ConfigError, match="choose one"):
+        run_student(str(CONFIGS / "smoke_student.yaml"), str(smoke_teacher),
+                    [*overrides(tiny_synthcity), f"model.init={smoke_teacher}", "clda.student_init=teacher"], None,
+                    False)  # fmt: skip

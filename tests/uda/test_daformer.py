@@ -6,6 +6,7 @@ from torch import nn
 from clda_deploy import build_segmenter
 from clda_deploy.config import load_config
 from clda_deploy.uda.daformer import DAFormerTask
+from clda_deploy.uda.pseudo_label import teacher_logits
 
 SMALL = ["model.encoder=mit_cpu_student", "model.head_channels=32"]
 
@@ -27,7 +28,7 @@ def test_teacher_uses_running_statistics_when_batch_stats_are_off():
     task, images = task_and_images("uda.teacher_batch_stats=false")
     with torch.no_grad():
         expected = task.teacher(images)
-    torch.testing.assert_close(task._teacher_logits(images), expected)
+    torch.testing.assert_close(teacher_logits(task.teacher, images, task.cfg.teacher_batch_stats), expected)
 
 
 def test_teacher_batch_stats_normalise_with_the_target_batch_and_leave_running_stats():
@@ -39,7 +40,7 @@ def test_teacher_batch_stats_normalise_with_the_target_batch_and_leave_running_s
             module.train()  # batch statistics; dropout stays off
     with torch.no_grad():
         expected, running = reference(images), task.teacher(images)
-    logits = task._teacher_logits(images)
+    logits = teacher_logits(task.teacher, images, task.cfg.teacher_batch_stats)
     torch.testing.assert_close(logits, expected)
     assert not torch.allclose(logits, running), "batch and running statistics must give different logits here"
     assert not task.teacher.training and not any(m.training for m in task.teacher.modules())

@@ -174,3 +174,19 @@ def test_pair_mismatch_names_both_blocks_and_changes_nothing(pair_models) -> Non
         assert torch.equal(value, before[name]), name
     with pytest.raises(ValueError, match="no submodule or block 'stage9.block00'"):
         ema_update_pairs(teacher, student, {"stage9.block00": "stage1.block00"}, alpha=0.5)
+
+
+def test_blend_fraction_golden_values_and_what_repeated_updates_reach() -> None:
+    from clda_deploy.uda.ema import blend_fraction
+
+    assert blend_fraction(0.999, 360) == pytest.approx(0.302449, abs=1e-6)  # DESIGN §7's 0.30
+    assert blend_fraction(0.99, 360) == pytest.approx(0.973166, abs=1e-6)  # ... and 0.97
+    assert blend_fraction(0.9, 0) == 0.0 and blend_fraction(0.0, 1) == 1.0
+    target, source = nn.Linear(3, 2), nn.Linear(3, 2)
+    start = target.weight.detach().clone()
+    for _ in range(25):
+        ema_update(target, source, 0.9)
+    share = blend_fraction(0.9, 25)
+    torch.testing.assert_close(target.weight, (1 - share) * start + share * source.weight, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="steps"):
+        blend_fraction(0.9, -1)

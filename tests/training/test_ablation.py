@@ -1,0 +1,90 @@
+"""The CLDA ablation command end to end on a tiny SynthCity (one seed), its statistics and its refusals."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from clda_deploy.config import load_config
+from clda_deploy.results_doc import section_markers
+from training.__main__ import main
+from training.teacher import train_teacher
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "training" / "configs"
+
+
+def data_overrides(root: Path) -> list[str]:
+    return [f"data.source.root={root / 'source'}", f"data.target.root={root / 'target'}",
+            f"data.val.root={root / 'target'}"]  # fmt: skip
+
+
+def smoke_teacher(root: Path, run: Path, seed: int = 0) -> Path:
+    train_teacher(load_config(CONFIGS / "smoke_teacher.yaml", [*data_overrides(root), f"train.seed={seed}"]), run)
+    return run / "model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_synthcity, tmp_path_factory):
+    """One finished one-seed ablation: (teacher, runs folder, results.md, json, args)."""
+    tmp = tmp_path_factory.mktemp("ablation")
+    teacher = smoke_teacher(tiny_synthcity, tmp / "teacher")
+    results, out = tmp / "results.md", tmp / "ablation.json"
+    results.write_text("# Results\n\nearlier text\n")
+    args = ["ablation", "-c", str(CONFIGS / "smoke_student.yaml"), "--teacher", str(teacher), "--seeds", "1",
+            "--extra-seeds", "1", "--runs", str(tmp / "runs"), "--out", str(results), "--json", str(out),
+            "--set", *data_overrides(tiny_synthcity), "train.iters=6", "clda.student_init=teacher"]  # fmt: skip
+    assert main(args) == 0
+    return teacher, tmp / "runs", results, out, args
+
+
+def test_every_row_is_written_with_provenance_and_paired_differences(finished):
+    from clda_deploy.checkpoint import file_sha256
+
+    teacher, runs, results, out, _ = finished
+    summary = json.loads(out.read_text())
+    rows = summary["rows"]
+    assert set(rows) == {"independent_student", "kd_only", "clda_random", "clda_channel", "clda_token",
+                         "clda_both", "clda_placebo", "teacher_before", "teacher_after"}  # fmt: skip
+    assert set(rows["kd_only"]) == {"random", "teacher"} and set(rows["clda_token"]) == {"teacher"}
+    assert summary["teacher"]["sha256"] == file_sha256(teacher)
+    seed = rows["clda_channel"]["teacher"]["seeds"][0]
+    assert seed["model_sha256"] == file_sha256(Path(seed["run"]) / "model.safetensors")
+    assert rows["teacher_before"]["teacher"]["seeds"][0]["miou"] == summary["teacher"]["miou"]
+    differences = summary["differences"]
+    assert {"clda_channel - kd_only", "clda_channel - independent_student", "teacher_after - teacher_before",
+            "kd_only: teacher init - random init"} <= set(differences)  # fmt: skip
+    diff = differences["clda_channel - kd_only"]["teacher"]
+    expected = rows["clda_channel"]["teacher"]["mean"] - rows["kd_only"]["teacher"]["mean"]
+    assert diff["mean"] == pytest.approx(expected) and diff["n"] == 1
+    assert 0 < summary["schedule"]["blend_fraction"] < 1 and summary["schedule"]["t3"] == 3
+    text = results.read_text()
+    assert "earlier text" in text and text.count(section_markers("clda_ablation")[0]) == 1
+    assert "clda_channel - kd_only" in text and summary["teacher"]["sha256"][:16] in text
+    metrics = json.loads((runs / "clda_channel-teacher-s0" / "metrics.json").read_text())["clda"]
+    assert metrics["teacher_sha256"] == summary["teacher"]["sha256"] and metrics["student_init"] == "teacher"
+
+
+def test_finished_runs_are_reused(finished, monkeypatch):
+    *_, args = finished
+    monkeypatch.setattr("training.student.train_student", lambda *a, **k: pytest.fail("must not retrain"))
+    monkeypatch.setattr("training.teacher.run_teacher", lambda *a, **k: pytest.fail("must not retrain"))
+    assert main(args) == 0
+
+
+def test_runs_from_another_teacher_are_refused(finished, tiny_synthcity, tmp_path, capsys):
+    teacher, runs, *_, args = finished
+    other = smoke_teacher(tiny_synthcity, tmp_path / "other", seed=1)
+    changed = list(args)
+    changed[changed.index(str(teacher))] = str(other)
+    changed[changed.index("--json") + 1] = str(tmp_path / "x.json")
+    assert main(changed) == 2
+    message = capsys.readouterr().err
+    assert "was trained from teacher sha256" in message and str(runs) in message
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_a_bad_shard_is_refused_before_training(finished, capsys):
+    *_, args = finished
+    assert main([*args, "--shard", "2/2"]) == 2
+    assert "--shard expects K/N" in capsys.readouterr().err

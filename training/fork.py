@@ -1,0 +1,54 @@
+"""Forking a student run: start a run from another run's snapshot instead of from step 0.
+
+The CLDA ablation rows train the student identically up to T2 (every similarity mode) or T3 (``none``,
+``random``, and the same mode with another alpha), because LSR and the similarity sums only read the
+models (tests/training/test_fork.py checks the snapshots bit for bit). So one prefix run per (seed,
+init) keeps snapshots at T2 and T3 (``LoopInputs.snapshots``), and each row resumes from a copy with
+its own config. A resumed run draws new crop randomness from the restored RNG (the data loader's
+worker seed), so a fork is not the bit-for-bit continuation of a scratch run; but every fork of one
+snapshot gets the same data stream, so rows forked together differ only in what their configs change.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from clda_deploy.config import Config, config_to_dict, stage_iterations
+from training.teacher import RESUMABLE_CHANGES, flatten
+
+# Keys a fork may change besides those a resume may change: what separates the ablation's rows.
+FORKABLE_CHANGES = ("clda.mapping", "clda.alpha")
+COPIED_FILES = ("student_init.json",)
+
+
+def fork_student(snapshot: Path, cfg: Config, run_dir: Path) -> Path:
+    """Write ``run_dir/checkpoint.pt`` from ``snapshot`` for a run of ``cfg``; the caller then resumes.
+
+    Raises ValueError when ``cfg`` differs from the snapshot's config in anything but the forkable keys,
+    or when the snapshot's point cannot serve ``cfg``'s mapping mode (``forked_task_state``)."""
+    from clda_deploy.uda.clda import forked_task_state
+    from training.loop import CHECKPOINT
+    from training.state import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(snapshot)
+    old, new = flatten(state["config"]), flatten(config_to_dict(cfg))
+    allowed = (*RESUMABLE_CHANGES, *FORKABLE_CHANGES)
+    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not k.startswith(allowed)]
+    if changed:
+        details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+        raise ValueError(
+            f"cannot fork {snapshot}: the runs differ in more than {', '.join(FORKABLE_CHANGES)} ({details})"
+        )
+    t2, t3 = stage_iterations(cfg)
+    state["task"] = forked_task_state(state["task"], cfg.clda.mapping, t2, t3, int(state["iteration"]))
+    state["config"] = config_to_dict(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in COPIED_FILES:
+        if (snapshot.parent / name).is_file():
+            shutil.copyfile(snapshot.parent / name, run_dir / name)
+    for name, key in (("saliency.json", "saliency"), ("mapping.json", "mapping")):
+        if state["task"][key] is not None and (snapshot.parent / name).is_file():
+            shutil.copyfile(snapshot.parent / name, run_dir / name)
+    save_checkpoint(run_dir / CHECKPOINT, state)
+    return run_dir / CHECKPOINT
