@@ -64,7 +64,7 @@ $(STUDENT): training/configs/synthcity_clda.yaml $(TEACHER) | $(STAMP)
 
 # make train = data -> DAFormer teacher -> CLDA student; up-to-date stages are not retrained.
 train: $(STUDENT)
-	@$(PY) -c "import json; s = json.load(open('$(RUN)/student/metrics.json')); t = json.load(open('$(RUN)/student/teacher_metrics.json')); print(f'target-val mIoU: student {s[\"miou\"]:.2f}, teacher (after CLDA) {t[\"miou\"]:.2f}')"
+	@$(PY) -c "import json; r = lambda p: json.load(open(p))['miou']; print(f'target-val mIoU: teacher {r(\"$(RUN)/teacher/metrics.json\"):.2f}, student {r(\"$(RUN)/student/metrics.json\"):.2f}, teacher after CLDA {r(\"$(RUN)/student/teacher_metrics.json\"):.2f}')"
 
 EXPORT := $(RUN)/export
 # TensorRT engines too where TensorRT and a GPU are there (the export says so if not).

@@ -145,5 +145,5 @@ def test_older_files_saliency_labels_key_maps_to_saliency_data():
 
 def test_the_signed_rule_needs_labelled_saliency_data():
     with pytest.raises(ConfigError, match="signed needs labels"):
-        load_config(None, ["clda.saliency_rule=signed"])
+        load_config(None, ["clda.saliency_rule=signed", "clda.saliency_data=agreement"])
     assert load_config(None, ["clda.saliency_rule=signed", "clda.saliency_data=heldout"]).clda.saliency_rule == "signed"

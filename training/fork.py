@@ -18,7 +18,7 @@ from clda_deploy.config import Config, config_to_dict, stage_iterations
 from training.teacher import RESUMABLE_CHANGES, flatten
 
 # Keys a fork may change besides those a resume may change: what separates the ablation's rows.
-FORKABLE_CHANGES = ("clda.mapping", "clda.alpha")
+FORKABLE_CHANGES = ("clda.mapping", "clda.alpha", "clda.saliency_rule")
 COPIED_FILES = ("student_init.json",)
 
 
@@ -41,7 +41,11 @@ def fork_student(snapshot: Path, cfg: Config, run_dir: Path) -> Path:
             f"cannot fork {snapshot}: the runs differ in more than {', '.join(FORKABLE_CHANGES)} ({details})"
         )
     t2, t3 = stage_iterations(cfg)
-    state["task"] = forked_task_state(state["task"], cfg.clda.mapping, t2, t3, int(state["iteration"]))
+    iteration = int(state["iteration"])
+    if old.get("clda.saliency_rule") != new.get("clda.saliency_rule") and iteration > t2:
+        raise ValueError(f"cannot fork {snapshot} (iteration {iteration}) to another clda.saliency_rule: "
+                         f"the non-salient blocks are picked at T2 = {t2}; fork at T2")  # fmt: skip
+    state["task"] = forked_task_state(state["task"], cfg.clda.mapping, t2, t3, iteration)
     state["config"] = config_to_dict(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in COPIED_FILES:

@@ -32,6 +32,7 @@ def saliency_batches(cfg: Config, datasets: dict[str, Any]) -> list[dict[str, An
     label-free; ``heldout``: the last target-train images with their labels; ``val``: the first
     target-val images with labels."""
     from clda_deploy.data import build_dataset
+    from clda_deploy.data.labels import IGNORE_INDEX
 
     count, mode = cfg.clda.saliency_images, cfg.clda.saliency_data
     if mode == "val":
@@ -41,7 +42,13 @@ def saliency_batches(cfg: Config, datasets: dict[str, Any]) -> list[dict[str, An
     indices = (
         range(min(count, len(dataset))) if mode == "agreement" else range(max(len(dataset) - count, 0), len(dataset))
     )
-    return _batches([dataset[i] for i in indices], labels=mode == "heldout")
+    batches = _batches([dataset[i] for i in indices], labels=mode == "heldout")
+    if mode == "heldout" and all(bool((label == IGNORE_INDEX).all()) for b in batches for label in b["label"]):
+        raise ConfigError(
+            f"clda.saliency_data=heldout: the last {count} images of data.target ({cfg.data.target.root}) have no "
+            "labels; give labelled target images or set clda.saliency_data=agreement (label-free)"
+        )
+    return batches
 
 
 def source_saliency_batches(cfg: Config) -> list[dict[str, Any]] | None:

@@ -45,7 +45,7 @@ def test_every_row_is_written_with_provenance_and_paired_differences(finished):
     summary = json.loads(out.read_text())
     rows = summary["rows"]
     assert set(rows) == {"independent_student", "kd_only", "clda_random", "clda_channel", "clda_token",
-                         "clda_both", "clda_placebo", "teacher_before", "teacher_after"}  # fmt: skip
+                         "clda_both", "clda_signed", "clda_placebo", "teacher_before", "teacher_after"}  # fmt: skip
     assert set(rows["kd_only"]) == {"random", "teacher"} and set(rows["clda_token"]) == {"teacher"}
     assert summary["teacher"]["sha256"] == file_sha256(teacher)
     seed = rows["clda_channel"]["teacher"]["seeds"][0]
@@ -53,7 +53,8 @@ def test_every_row_is_written_with_provenance_and_paired_differences(finished):
     assert rows["teacher_before"]["teacher"]["seeds"][0]["miou"] == summary["teacher"]["miou"]
     differences = summary["differences"]
     assert {"clda_channel - kd_only", "clda_channel - independent_student", "teacher_after - teacher_before",
-            "kd_only: teacher init - random init"} <= set(differences)  # fmt: skip
+            "kd_only: teacher init - random init", "teacher_before - independent_student"} <= set(
+        differences)  # fmt: skip
     diff = differences["clda_channel - kd_only"]["teacher"]
     expected = rows["clda_channel"]["teacher"]["mean"] - rows["kd_only"]["teacher"]["mean"]
     assert diff["mean"] == pytest.approx(expected) and diff["n"] == 1

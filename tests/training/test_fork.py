@@ -1,5 +1,6 @@
 """Forking student runs (training/fork.py): what the ablation's shared prefix relies on."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -97,3 +98,17 @@ def test_a_fork_that_changes_anything_else_is_refused(tiny_synthcity, prefix, tm
 def test_a_similarity_mode_cannot_fork_after_t2(tiny_synthcity, prefix, tmp_path):
     with pytest.raises(ValueError, match="fork similarity modes at T2"):
         fork_student(prefix / snapshot_name(5), student_config(tiny_synthcity, "clda.mapping=both"), tmp_path / "x")
+
+
+def test_another_saliency_rule_forks_only_at_t2(tiny_synthcity, teacher, tmp_path):
+    labelled = ["clda.saliency_data=heldout", "train.iters=6", "clda.t2=0.34", "clda.t3=0.5"]  # T2 = 2, T3 = 3
+    run = tmp_path / "prefix"
+    train_student(student_config(tiny_synthcity, *labelled), str(teacher), run, evaluate_teacher=False,
+                  snapshots=(2, 3))  # fmt: skip
+    signed = student_config(tiny_synthcity, *labelled, "clda.saliency_rule=signed")
+    with pytest.raises(ValueError, match="fork at T2"):
+        fork_student(run / snapshot_name(3), signed, tmp_path / "late")
+    fork_student(run / snapshot_name(2), signed, tmp_path / "signed")
+    train_student(signed, str(teacher), tmp_path / "signed", resume=True, evaluate_teacher=False)
+    rows = json.loads((tmp_path / "signed" / "saliency.json").read_text())
+    assert {row["rule"] for row in rows} == {"signed"}

@@ -175,7 +175,7 @@ def test_metrics_record_the_teacher_and_the_s_to_t_dose(tiny_synthcity, smoke_te
     assert (record["t2"], record["t3"], record["update_steps"]) == (2, 5, 5)
     assert record["blend_fraction"] == pytest.approx(1 - 0.9**5)
     assert 0 < record["lr_share_after_t3"] < 1 and 0 <= record["pseudo_weight_mean"] <= 1
-    assert record["mapping"] and record["saliency_data"] == "agreement"
+    assert record["mapping"] and record["saliency_data"] == "heldout"
     saliency = json.loads((run / "saliency.json").read_text())
     assert all(row["delta_source"] is not None and row["rule"] == "abs" for row in saliency)
 
