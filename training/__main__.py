@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     analyze.add_argument("-c", "--config", default=None, help="YAML over the first model's config (data.val)")
     analyze.add_argument("--out", default="runs/default/analysis")
-    analyze.add_argument("--images", type=int, default=16, help="target-val images to measure on")
+    analyze.add_argument(
+        "--images", type=int, default=16, help="target images to measure on (saliency: those clda.saliency_data names)"
+    )
     analyze.add_argument(
         "--weights",
         type=float,

@@ -34,18 +34,33 @@ def write_json(path: Path, payload: Any) -> None:
     path.write_text(json.dumps(payload, indent=2) + "\n")
 
 
+def saliency_data(cfg: Config, images: int) -> list[dict[str, Any]]:
+    """The target images the student stage measures LSR on (``clda.saliency_data``), ``images`` of them."""
+    import dataclasses
+
+    from clda_deploy.data import build_dataset
+    from training.student import saliency_batches
+
+    cfg = dataclasses.replace(cfg, clda=dataclasses.replace(cfg.clda, saliency_images=images))
+    return saliency_batches(cfg, {"val": build_dataset(cfg.data.val, train=False)})
+
+
 def saliency(cfg: Config, models: dict[str, Any], batches: list[Any], out: Path) -> dict[str, Any]:
-    """Fig. 2: LSR (Eq. 2) of every block of both models on target-val labels, with the signed delta on
-    the target and on ``clda.saliency_source_images`` source images (``saliency_domains.png``)."""
+    """Fig. 2: LSR (Eq. 2) of every block of both models on the target images ``clda.saliency_data`` names
+    (labels, or label-free agreement), with the signed delta on the target and on
+    ``clda.saliency_source_images`` source images (``saliency_domains.png``)."""
     from clda_deploy.uda.analysis import lsr_summary, plot_lsr_distribution, plot_saliency_by_domain
     from clda_deploy.uda.saliency import teacher_saliency
     from training.student import source_saliency_batches
 
     source = source_saliency_batches(cfg)
     threshold, rule = cfg.clda.nonsalient_threshold, cfg.clda.saliency_rule
-    results = {role: teacher_saliency(model, batches, source, "labels", threshold, rule)
+    reference = "agreement" if cfg.clda.saliency_data == "agreement" else "labels"
+    results = {role: teacher_saliency(model, batches, source, reference, threshold, rule)
                for role, model in models.items()}  # fmt: skip
     payload = {role: {"summary": lsr_summary(rows), "blocks": rows} for role, rows in results.items()}
+    payload["measured_on"] = {"data": cfg.clda.saliency_data, "images": len([i for b in batches for i in b["image"]]),
+                              "rule": rule, "threshold": threshold}  # fmt: skip
     write_json(out / "saliency.json", payload)
     plot_lsr_distribution(results["teacher"], results["student"], out / "saliency.png", threshold)
     plot_saliency_by_domain(results, out / "saliency_domains.png", threshold)
@@ -130,11 +145,11 @@ def run_analysis(kind: str, first: str, second: str, config_path: str | None, ov
     with torch.no_grad():
         if kind == "pvr":
             result = pvr(models, out_dir)
+        elif kind == "saliency":
+            result = saliency(cfg, models, saliency_data(cfg, images), out_dir)
         else:
             batches = val_batches(cfg, images)
-            if kind == "saliency":
-                result = saliency(cfg, models, batches, out_dir)
-            elif kind == "cka":
+            if kind == "cka":
                 result = cka(models, batches, out_dir)
             elif kind == "update-probe":
                 result = update_probe(models, batches, out_dir, weights, cfg.clda.nonsalient_threshold)
