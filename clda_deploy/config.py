@@ -304,16 +304,26 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"eval.max_images: must be positive or null, got {cfg.eval.max_images}")
 
 
-def _migrate(data: dict[str, Any]) -> dict[str, Any]:
-    """Older model files embed ``clda.saliency_labels`` (bool), which ``clda.saliency_data`` replaced:
-    true meant the first target-val images with labels (``val``), false label-free agreement."""
+def _migrate(data: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Older model files and configs have ``clda.saliency_labels`` (bool), which ``clda.saliency_data``
+    replaced: true meant the first target-val images with labels (``val``), false label-free agreement.
+    Applied to each layer (checkpoint, YAML, ``--set``) before they are merged, so a newer layer wins."""
     clda = data.get("clda")
     if not isinstance(clda, dict) or "saliency_labels" not in clda:
         return data
     clda = dict(clda)
     legacy = clda.pop("saliency_labels")
-    if "saliency_data" not in clda and isinstance(legacy, bool):
-        clda["saliency_data"] = "val" if legacy else "agreement"
+    if not isinstance(legacy, bool):
+        raise ConfigError(
+            f"clda.saliency_labels{where}: expected true or false (it is now clda.saliency_data), got {legacy!r}"
+        )
+    migrated = "val" if legacy else "agreement"
+    if clda.get("saliency_data", migrated) != migrated:
+        raise ConfigError(
+            f"clda.saliency_labels={str(legacy).lower()} and clda.saliency_data={clda['saliency_data']}{where} "
+            "disagree: drop clda.saliency_labels (replaced by clda.saliency_data)"
+        )
+    clda["saliency_data"] = migrated
     return {**data, "clda": clda}
 
 
@@ -404,10 +414,10 @@ def load_config(
     base: dict[str, Any] | None = None,
 ) -> Config:
     """Defaults <- ``base`` (e.g. a checkpoint's config) <- YAML file <- ``--set`` overrides."""
-    data = dict(base or {})
+    data = _migrate(dict(base or {}))
     if yaml_path is not None:
-        data = merge(data, read_yaml(yaml_path))
-    overridden = parse_overrides(overrides)
+        data = merge(data, _migrate(read_yaml(yaml_path), f" (in {yaml_path})"))
+    overridden = _migrate(parse_overrides(overrides), " (from --set)")
     try:
         return config_from_dict(merge(data, overridden))
     except ConfigError as exc:

@@ -147,3 +147,13 @@ def test_the_signed_rule_needs_labelled_saliency_data():
     with pytest.raises(ConfigError, match="signed needs labels"):
         load_config(None, ["clda.saliency_rule=signed", "clda.saliency_data=agreement"])
     assert load_config(None, ["clda.saliency_rule=signed", "clda.saliency_data=heldout"]).clda.saliency_rule == "signed"
+
+
+def test_the_legacy_key_migrates_per_layer_and_refuses_a_conflict():
+    assert load_config(None, ["clda.saliency_labels=false"]).clda.saliency_data == "agreement"
+    base = {"clda": {"saliency_labels": True}}  # an older checkpoint's config under a newer --set
+    assert load_config(None, ["clda.saliency_data=heldout"], base=base).clda.saliency_data == "heldout"
+    with pytest.raises(ConfigError, match="disagree"):
+        load_config(None, ["clda.saliency_labels=false", "clda.saliency_data=heldout"])
+    with pytest.raises(ConfigError, match="expected true or false"):
+        load_config(None, ["clda.saliency_labels=3"])

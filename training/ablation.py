@@ -85,13 +85,15 @@ def row_overrides(plan: Plan, row: str, init: str, seed: int) -> list[str]:
 def teacher_initialised_file(plan: Plan) -> Path:
     """The teacher-initialised student as a model file, so the independent row (which trains through
     the teacher command, DAFormer's recipe) starts from the very weights the CLDA rows start from."""
-    from clda_deploy.checkpoint import build_from_config, file_sha256, load_segmenter, save_model
+    from clda_deploy.checkpoint import build_from_config, file_sha256, load_segmenter, read_metadata, save_model
     from clda_deploy.config import load_config
     from clda_deploy.data import build_dataset
     from training.student import initialise_student, saliency_batches
 
     path = plan.runs / "teacher_initialised_student.safetensors"
     if path.is_file():
+        if read_metadata(path).get("clda_teacher_sha256") != file_sha256(plan.teacher):
+            raise ValueError(f"{path} was made from another teacher than {plan.teacher}; use another --runs folder")
         return path
     cfg = load_config(plan.config, [*plan.overrides, "clda.student_init=teacher"])
     teacher, student = load_segmenter(plan.teacher), build_from_config(cfg)
@@ -164,6 +166,45 @@ def run_group(plan: Plan, seed: int, init: str) -> None:
             train_student_row(plan, row, init, seed)
 
 
+def check_plan(plan: Plan) -> None:
+    """Every row's config, validated before hours of training (a bad combination fails in seconds), and
+    every finished or started run checked against the config it would be trained with now."""
+    from clda_deploy.config import load_config
+    from training.student import check_student_config
+
+    for seed, init in plan.groups():
+        for row in plan.rows_of(seed, init):
+            overrides = row_overrides(plan, row, init, seed)
+            cfg = load_config(plan.config, overrides)
+            if row != "independent_student":
+                check_student_config(cfg, plan.teacher)
+            for run in (plan.run_dir(row, init, seed), plan.run_dir("prefix", init, seed)):
+                if run.name.startswith("prefix") and row != "clda_channel":
+                    continue
+                check_run_config(run, cfg, row)
+
+
+def check_run_config(run: Path, cfg: Any, row: str) -> None:
+    """Refuse to reuse or resume ``run`` when it was trained with another config than ``cfg`` (keys that
+    change nothing trained are exempt; an independent student ignores the ``clda`` section)."""
+    from clda_deploy.config import ConfigError, config_to_dict, load_config
+    from training.teacher import flatten
+
+    saved = run / "config.yaml"
+    if not saved.is_file():
+        return
+    exempt = ("train.progress", "train.device", "data.workers", "train.log_every", "eval.")
+    if row == "independent_student":
+        exempt = (*exempt, "clda.", "uda.mode", "model.init")
+    old, new = flatten(config_to_dict(load_config(saved))), flatten(config_to_dict(cfg))
+    changed = [
+        key for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key) and not key.startswith(exempt)
+    ]
+    if changed:
+        details = ", ".join(f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in changed[:6])
+        raise ConfigError(f"{run} was trained with another config ({details}); use another --runs folder")
+
+
 def parse_shard(text: str | None) -> tuple[int, int] | None:
     if text is None:
         return None
@@ -200,6 +241,7 @@ def run_ablation(
     plan = Plan(config, teacher, tuple(overrides), tuple(seeds), tuple(extra), Path(runs), cfg.clda.student_init,
                 placebo_alpha)  # fmt: skip
     part = parse_shard(shard)
+    check_plan(plan)
     for seed, init in plan.groups():
         # Alternating the init across seeds balances the shards (the extra rows use one init).
         if part is None or (seed + INITS.index(init)) % part[1] == part[0]:

@@ -37,16 +37,27 @@ def check_teacher(run: Path, row: str, expected: str) -> None:
 
 
 def teacher_before(plan: Plan) -> float:
-    """The given teacher's target-val mIoU (evaluated once, cached beside the runs with its digest)."""
-    from clda_deploy.checkpoint import file_sha256
-    from training.evaluate import run_eval
+    """The given teacher's target-val mIoU, scored exactly as each run's ``teacher_after`` is (the student
+    config's val set, the teacher's own eval settings); cached beside the runs, keyed by what it depends on."""
+    from clda_deploy.checkpoint import file_sha256, load_segmenter, read_config
+    from clda_deploy.config import load_config
+    from clda_deploy.data import build_dataset
+    from clda_deploy.evaluation import evaluate
+    from clda_deploy.inference import resolve_device
+    from training.evaluate import metrics_payload
 
+    cfg, teacher_cfg = load_config(plan.config, list(plan.overrides)), read_config(plan.teacher)
+    val = build_dataset(cfg.data.val, train=False)
+    key = {"teacher_sha256": file_sha256(plan.teacher), "val_root": str(cfg.data.val.root), "val_images": len(val),
+           "max_images": teacher_cfg.eval.max_images}  # fmt: skip
     path = plan.runs / "teacher_before.json"
-    digest = file_sha256(plan.teacher)
-    if path.is_file() and read_json(path).get("teacher_sha256") == digest:
+    if path.is_file() and read_json(path).get("key") == key:
         return float(read_json(path)["miou"])
-    payload = run_eval(plan.teacher, None, [], str(path), None, progress=False)
-    payload = {**payload, "teacher_sha256": digest}
+    device = resolve_device(cfg.train.device)
+    outcome = evaluate(load_segmenter(plan.teacher, device=device), val, teacher_cfg.model.num_classes,
+                       teacher_cfg.eval, device=device, progress=False)  # fmt: skip
+    payload = metrics_payload(outcome.matrix, list(val.class_names), teacher_cfg, outcome.num_images, plan.teacher)
+    payload = {**payload, "key": key}
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2)))
     return float(payload["miou"])
 
@@ -56,7 +67,10 @@ def seed_record(run: Path, seed: int, metrics: str = "metrics.json") -> dict[str
 
     payload = read_json(run / metrics)
     model = Path(payload["checkpoint"])
-    return {"seed": seed, "miou": float(payload["miou"]), "run": str(run), "model_sha256": file_sha256(model)}
+    record = {"seed": seed, "miou": float(payload["miou"]), "run": str(run), "model_sha256": file_sha256(model)}
+    if "clda" in payload:  # which teacher blocks S->T updated (none: the row trained as KD only)
+        record["mapping"] = payload["clda"].get("mapping", {})
+    return record
 
 
 def collect(plan: Plan) -> dict[str, dict[str, list[dict[str, Any]]]]:
@@ -120,7 +134,7 @@ def schedule_of(plan: Plan) -> dict[str, Any]:
     seed, init = plan.groups()[0]
     record = read_json(plan.run_dir("clda_channel", init, seed) / "metrics.json")["clda"]
     keys = ("t2", "t3", "alpha", "update_steps", "blend_fraction", "lr_share_after_t3", "saliency_rule",
-            "saliency_data")  # fmt: skip
+            "saliency_data", "mapped_blocks")  # fmt: skip
     return {key: record.get(key) for key in keys}
 
 
@@ -169,13 +183,13 @@ def markdown(summary: dict[str, Any]) -> str:
     for row, inits in summary["rows"].items():
         for init, entry in inits.items():
             per_seed = ", ".join(f"{s['miou']:.2f}" for s in entry["seeds"])
-            stats = f"{entry['mean']:.2f} ± {entry['std']:.2f}"
+            stats = f"{entry['mean']:.2f} ± {entry['std']:.2f}" if entry["n"] > 1 else f"{entry['mean']:.2f}"
             lines.append(f"| {row} | {init} | {entry['n']} | {stats} | {_ci(entry)} | {per_seed} |")
     lines += ["", "Paired differences (same seed: same init and data order), mIoU points:", ""]
     lines += ["| difference | init | n | mean ± std | 95 % CI (t) | per seed |", "|---|---|---|---|---|---|"]
     for name, inits in summary["differences"].items():
         for init, entry in inits.items():
             per_seed = ", ".join(f"{v:+.2f}" for v in entry["per_seed"])
-            stats = f"{entry['mean']:+.2f} ± {entry['std']:.2f}"
+            stats = f"{entry['mean']:+.2f} ± {entry['std']:.2f}" if entry["n"] > 1 else f"{entry['mean']:+.2f}"
             lines.append(f"| {name} | {init} | {entry['n']} | {stats} | {_ci(entry, signed=True)} | {per_seed} |")
     return "\n".join(lines)

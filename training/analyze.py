@@ -114,15 +114,22 @@ def similarity(models: dict[str, Any], batches: list[Any], out: Path) -> dict[st
     return payload
 
 
-def update_probe(models: dict[str, Any], batches: list[Any], out: Path, weights: Sequence[float],
-                 threshold: float | None = None) -> dict[str, Any]:  # fmt: skip
-    """Can Eq. 8 help this pair? The teacher's target-val mIoU after blending each non-salient block (Eq. 2,
-    LSR below ``threshold``, default the paper's 0.1) toward every same-stage student block with each
-    weight, against the shrink and other-teacher-block controls. Prints the one-line verdict."""
+def update_probe(cfg: Config, models: dict[str, Any], batches: list[Any], out: Path, weights: Sequence[float],
+                 images: int) -> dict[str, Any]:  # fmt: skip
+    """Can Eq. 8 help this pair? The teacher's target-val mIoU after blending each non-salient block toward
+    every same-stage student block with each weight, against the shrink and other-teacher-block controls.
+    The non-salient blocks are chosen as the student stage chooses them (``clda.saliency_data`` and
+    ``clda.saliency_rule``), on other images than the target-val ``batches`` they are scored on."""
+    from clda_deploy.uda.saliency import teacher_saliency
     from clda_deploy.uda.update_probe import plot_probe, probe
 
-    extra = {} if threshold is None else {"threshold": threshold}
-    result = probe(models["teacher"], models["student"], batches, weights=tuple(weights), **extra)
+    reference = "agreement" if cfg.clda.saliency_data == "agreement" else "labels"
+    rows = teacher_saliency(models["teacher"], saliency_data(cfg, images), None, reference,
+                            cfg.clda.nonsalient_threshold, cfg.clda.saliency_rule)  # fmt: skip
+    blocks = [row["block"] for row in rows if not row["salient"]]
+    result = probe(models["teacher"], models["student"], batches, weights=tuple(weights), blocks=blocks,
+                   threshold=cfg.clda.nonsalient_threshold)  # fmt: skip
+    result["selection"] = {"data": cfg.clda.saliency_data, "rule": cfg.clda.saliency_rule, "saliency": rows}
     write_json(out / "update_probe.json", result)
     plot_probe(result, out / "update_probe.png")
     print(f"update-probe: {result['summary']['verdict']}")
@@ -152,7 +159,7 @@ def run_analysis(kind: str, first: str, second: str, config_path: str | None, ov
             if kind == "cka":
                 result = cka(models, batches, out_dir)
             elif kind == "update-probe":
-                result = update_probe(models, batches, out_dir, weights, cfg.clda.nonsalient_threshold)
+                result = update_probe(cfg, models, batches, out_dir, weights, images)
             else:
                 result = similarity(models, batches, out_dir)
     stem = kind.replace("-", "_")

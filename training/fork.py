@@ -33,8 +33,11 @@ def fork_student(snapshot: Path, cfg: Config, run_dir: Path) -> Path:
 
     state = load_checkpoint(snapshot)
     old, new = flatten(state["config"]), flatten(config_to_dict(cfg))
-    allowed = (*RESUMABLE_CHANGES, *FORKABLE_CHANGES)
-    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not k.startswith(allowed)]
+    # A fork may not change train.iters (a resume may): T2 and T3 are fractions of it, and the snapshot's
+    # mapping was made on its own schedule.
+    resumable = tuple(key for key in RESUMABLE_CHANGES if key != "train.iters")
+    changed = [k for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k) and not k.startswith(resumable) and k not in FORKABLE_CHANGES]  # fmt: skip
     if changed:
         details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
         raise ValueError(

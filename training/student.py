@@ -62,31 +62,33 @@ def source_saliency_batches(cfg: Config) -> list[dict[str, Any]] | None:
     return _batches([dataset[i] for i in range(min(count, len(dataset)))], labels=True)
 
 
-def teacher_provenance(teacher_path: str) -> dict[str, Any]:
-    """``{"teacher": path, "teacher_sha256", "teacher_miou"}``; the mIoU comes from the teacher run's
-    ``metrics.json`` beside the file when that file scored this very checkpoint, else None."""
+def teacher_provenance(teacher_path: str, sha256: str) -> dict[str, Any]:
+    """``{"teacher": path, "teacher_sha256", "teacher_miou"}`` for the teacher a run trained with (its
+    digest as the run recorded it at the start); the mIoU comes from the teacher run's ``metrics.json``
+    beside the file when that file scored this very checkpoint and the file is still that teacher."""
     from clda_deploy.checkpoint import file_sha256
 
     path = Path(teacher_path)
     miou = None
     metrics = path.parent / "metrics.json"
-    if metrics.is_file():
+    if metrics.is_file() and path.is_file() and file_sha256(path) == sha256:
         payload = json.loads(metrics.read_text())
         if Path(str(payload.get("checkpoint", ""))).resolve() == path.resolve():
             miou = payload.get("miou")
-    return {"teacher": str(path), "teacher_sha256": file_sha256(path), "teacher_miou": miou}
+    return {"teacher": str(path), "teacher_sha256": sha256, "teacher_miou": miou}
 
 
-def update_dose(cfg: Config) -> dict[str, Any]:
+def update_dose(cfg: Config, mapped_blocks: int | None = None) -> dict[str, Any]:
     """How much S->T can do in this schedule: the blend the mapped teacher blocks reach,
     1 - alpha^(T - T3) (Eq. 8 with a fixed student), and the lr-weighted share of the student's
-    training that sees the changed teacher (iterations >= T3)."""
+    training that sees the changed teacher (iterations >= T3). A run that mapped no block
+    (``mapped_blocks == 0``) has no dose at all."""
     from clda_deploy.config import stage_iterations
     from clda_deploy.uda.ema import blend_fraction
     from training.optim import lr_share_after
 
     t2, t3 = stage_iterations(cfg)
-    active = cfg.clda.mapping != "none"
+    active = cfg.clda.mapping != "none" and mapped_blocks != 0
     steps = max(cfg.train.iters - t3, 0) if active else 0
     return {"t2": t2, "t3": t3, "alpha": cfg.clda.alpha, "update_steps": steps,
             "blend_fraction": blend_fraction(cfg.clda.alpha, steps),
@@ -138,7 +140,10 @@ def prepare_student(cfg: Config, teacher_path: str, run_dir: Path, resume: bool)
     batches = saliency_batches(cfg, datasets)
     if not resume:
         initialise_student(cfg, teacher, student, batches, run_dir if dist.is_main else None)
-    task = CLDATask(cfg, teacher, batches, run_dir, is_main=dist.is_main, source_batches=source_saliency_batches(cfg))
+    from clda_deploy.checkpoint import file_sha256
+
+    task = CLDATask(cfg, teacher, batches, run_dir, is_main=dist.is_main, source_batches=source_saliency_batches(cfg),
+                    teacher_sha256=file_sha256(teacher_path), rank=dist.rank)  # fmt: skip
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -164,9 +169,12 @@ def write_teacher(cfg_path_teacher: str, run_dir: Path, task: Any, val: Any, dev
 
 def student_record(cfg: Config, teacher_path: str, task: Any) -> dict[str, Any]:
     """The ``clda`` section of the student's ``metrics.json``: provenance, dose, mapping, mean q."""
-    return {"clda": {**teacher_provenance(teacher_path), "mapping_mode": cfg.clda.mapping,
+    summary = task.summary()
+    sha256 = summary.pop("teacher_sha256")
+    return {"clda": {**teacher_provenance(teacher_path, sha256), "mapping_mode": cfg.clda.mapping,
                      "student_init": cfg.clda.student_init, "saliency_rule": cfg.clda.saliency_rule,
-                     "saliency_data": cfg.clda.saliency_data, **update_dose(cfg), **task.summary()}}  # fmt: skip
+                     "saliency_data": cfg.clda.saliency_data, "mapped_blocks": len(summary["mapping"]),
+                     **update_dose(cfg, len(summary["mapping"])), **summary}}  # fmt: skip
 
 
 def train_student(

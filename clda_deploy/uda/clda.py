@@ -67,6 +67,8 @@ class CLDATask:
         run_dir: Path,
         is_main: bool = True,
         source_batches: list[Any] | None = None,
+        teacher_sha256: str | None = None,
+        rank: int = 0,
     ) -> None:
         self.cfg, self.clda = cfg, cfg.clda
         self.teacher = teacher.eval().requires_grad_(False)
@@ -77,8 +79,12 @@ class CLDATask:
         self.picked: list[str] | None = None
         self.accumulator: SimilarityAccumulator | None = None
         self.mapping: dict[str, str] | None = None
-        self.generator = torch.Generator().manual_seed(cfg.train.seed)  # ClassMix draws (student_mixing)
-        self.pseudo_weight_sum, self.pseudo_weight_count = 0.0, 0  # q over training, for metrics.json
+        self.generator = torch.Generator().manual_seed(cfg.train.seed + rank)  # ClassMix draws (student_mixing)
+        self.pseudo_weight_sum: Tensor | float = 0.0  # q summed over training (a tensor: no sync per step)
+        self.pseudo_weight_count = 0
+        # The digest of the teacher file this run started from; a resume or fork keeps the saved one, so
+        # metrics.json names the teacher that was trained with even if the file at --teacher changed.
+        self.teacher_sha256 = teacher_sha256
 
     # ----- stage 2 -----------------------------------------------------------------------------
     def _start_mapping(self, student: nn.Module) -> None:
@@ -149,13 +155,14 @@ class CLDATask:
         accumulate = self._accumulating(iteration)
         assert self.accumulator is not None or not accumulate
         capture = list(self.accumulator.scores) if accumulate else None
-        teacher_logits_target, teacher_attention = self._teacher_forward(target["image"], capture)
+        mixing = self.clda.student_mixing
+        teacher_logits_target, teacher_attention = self._teacher_forward(target["image"], None if mixing else capture)
         labels, weight, confidence = pseudo_labels(teacher_logits_target, threshold=self.cfg.uda.pseudo_threshold,
                                                    ignore_top=self.cfg.uda.ignore_top,
                                                    ignore_bottom=self.cfg.uda.ignore_bottom)  # fmt: skip
         q = (confidence >= self.cfg.uda.pseudo_threshold).float().mean()  # the share DAFormer calls q
         target_images = target["image"]
-        if self.clda.student_mixing:  # DAFormer's step with the fixed teacher's labels
+        if mixing:  # DAFormer's step with the fixed teacher's labels
             target_images, labels, weight = mix_with_pseudo_labels(source, target_images, labels, weight,
                                                                    self.cfg.uda, self.generator)  # fmt: skip
             if accumulate:  # Eq. 6 compares both models on the same images: the mixed ones here
@@ -170,7 +177,7 @@ class CLDATask:
         source_ce = pixel_weighted_cross_entropy(logits[:count], source["label"])
         distill = pixel_weighted_cross_entropy(logits[count:], labels, weight)  # Eq. 4 with q
         total = source_ce + distill  # Eq. 9
-        self.pseudo_weight_sum += float(q)
+        self.pseudo_weight_sum = self.pseudo_weight_sum + q.detach()
         self.pseudo_weight_count += 1
         return {"loss": total, "source_ce": source_ce.detach(), "distill_ce": distill.detach(), "pseudo_weight": q}
 
@@ -191,10 +198,18 @@ class CLDATask:
             "accumulator": None if self.accumulator is None else self.accumulator.state_dict(),
             "mapping": self.mapping,
             "generator": self.generator.get_state(),
-            "pseudo_weight": [self.pseudo_weight_sum, self.pseudo_weight_count],
+            "pseudo_weight": [float(self.pseudo_weight_sum), self.pseudo_weight_count],
+            "teacher_sha256": self.teacher_sha256,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("teacher_sha256")
+        if saved is not None and self.teacher_sha256 is not None and saved != self.teacher_sha256:
+            raise ValueError(
+                f"the checkpoint was trained from teacher sha256 {saved}, but --teacher is now a file with sha256 "
+                f"{self.teacher_sha256}: resume with the original teacher file or start a new run"
+            )
+        self.teacher_sha256 = saved or self.teacher_sha256
         self.teacher.load_state_dict(state["teacher"])
         self.saliency, self.picked, self.mapping = state["saliency"], state["picked"], state["mapping"]
         if "generator" in state:  # checkpoints written before student_mixing have neither
@@ -210,20 +225,24 @@ class CLDATask:
     # ----- reporting ---------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
         """What a student run's ``metrics.json`` records of CLDA: the mapping and the mean q."""
-        mean = self.pseudo_weight_sum / self.pseudo_weight_count if self.pseudo_weight_count else None
-        return {"mapping": self.mapping or {}, "picked": self.picked or [], "pseudo_weight_mean": mean}
+        mean = float(self.pseudo_weight_sum) / self.pseudo_weight_count if self.pseudo_weight_count else None
+        return {"mapping": self.mapping or {}, "picked": self.picked or [], "pseudo_weight_mean": mean,
+                "teacher_sha256": self.teacher_sha256}  # fmt: skip
 
 
 def forked_task_state(state: dict[str, Any], mapping: str, t2: int, t3: int, iteration: int) -> dict[str, Any]:
     """A CLDA task state taken from another run at ``iteration``, adapted to ``clda.mapping`` ``mapping``.
 
     Every mapping mode trains the student identically before T3 (LSR and the similarity sums read the
-    models without changing them), so a snapshot can seed another mode: ``none`` from any point (the
-    mapping is dropped), ``random`` at T3 (the same LSR pick, a random i*), the snapshot's own mode
-    anywhere, and any other similarity mode only before T2 (it must accumulate its own sums).
-    Raises ValueError when the snapshot cannot serve ``mapping``."""
+    models without changing them), so a snapshot up to T3 can seed another mode: ``none`` (the mapping
+    is dropped), ``random`` at T3 (the same LSR pick, a random i*), the snapshot's own mode (e.g. with
+    another alpha), and any other similarity mode only up to T2 (it must accumulate its own sums).
+    Past T3 the teacher already carries S->T updates, so no fork is allowed there. Raises ValueError
+    when the snapshot cannot serve ``mapping``."""
     saved_mode = None if state["accumulator"] is None else state["accumulator"]["mode"]
     forked = dict(state)
+    if iteration > t3:  # the snapshot's teacher already carries S->T updates made with its own settings
+        raise ValueError(f"a snapshot at iteration {iteration} is past T3={t3}: fork at T2 or T3")
     if mapping == "none":
         return {**forked, "saliency": None, "picked": None, "accumulator": None, "mapping": None}
     if iteration <= t2:
@@ -232,7 +251,7 @@ def forked_task_state(state: dict[str, Any], mapping: str, t2: int, t3: int, ite
         return forked
     if mapping == "random" and iteration <= t3 and state["picked"] is not None:
         return {**forked, "accumulator": None, "mapping": None}
-    if mapping == saved_mode:
+    if mapping == saved_mode and iteration <= t3:
         return forked
     raise ValueError(
         f"a snapshot at iteration {iteration} (T2={t2}, T3={t3}, mode {saved_mode}) cannot start a "

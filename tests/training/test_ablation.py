@@ -89,3 +89,9 @@ def test_a_bad_shard_is_refused_before_training(finished, capsys):
     *_, args = finished
     assert main([*args, "--shard", "2/2"]) == 2
     assert "--shard expects K/N" in capsys.readouterr().err
+
+
+def test_a_run_trained_with_another_config_is_refused(finished, capsys):
+    *_, args = finished
+    assert main([*args, "clda.alpha=0.5"]) == 2
+    assert "was trained with another config (clda.alpha" in capsys.readouterr().err

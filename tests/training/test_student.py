@@ -208,3 +208,16 @@ def test_model_init_and_teacher_init_together_are_refused(tiny_synthcity, smoke_
         run_student(str(CONFIGS / "smoke_student.yaml"), str(smoke_teacher),
                     [*overrides(tiny_synthcity), f"model.init={smoke_teacher}", "clda.student_init=teacher"], None,
                     False)  # fmt: skip
+
+
+def test_resume_refuses_another_teacher_file(tiny_synthcity, smoke_teacher, tmp_path):
+    from clda_deploy.checkpoint import load_segmenter, read_config, save_model
+
+    run = tmp_path / "student"
+    cfg = student_config(tiny_synthcity, "train.iters=4")
+    train_student(cfg, str(smoke_teacher), run, evaluate_teacher=False)
+    other = save_model(tmp_path / "other.safetensors", load_segmenter(smoke_teacher), read_config(smoke_teacher),
+                       role="teacher", extra={"note": "same weights, another file"})  # fmt: skip
+    inputs, _ = prepare_student(student_config(tiny_synthcity, "train.iters=6"), str(other), run, resume=True)
+    with pytest.raises(ValueError, match="trained from teacher sha256"):
+        Trainer(inputs).resume()
