@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="train only the K-th of N shares (run N processes, then once more without)",
     )
     ablation.add_argument("--placebo-alpha", type=float, default=0.99999, help="clda.alpha of the placebo row")
+    ablation.add_argument(
+        "--signed",
+        action="store_true",
+        help="also the clda_signed row (saliency_rule: signed) over the extra seeds",
+    )
     ablation.add_argument("--runs", default="runs/ablation", help="one run folder per (row, seed) inside")
     ablation.add_argument("--out", default="docs/results.md", help="markdown file whose ablation table is replaced")
     ablation.add_argument("--json", default="docs/results/clda_ablation.json")
@@ -188,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 extra_seeds=list(range(min(args.extra_seeds, args.seeds))),
                 shard=args.shard,
                 placebo_alpha=args.placebo_alpha,
+                signed=args.signed,
             )
         elif args.command == "baselines":
             from training.baselines import run_baselines

@@ -4,9 +4,9 @@ Rows, each a student of ``-c``'s config trained from the same teacher file:
 - ``independent_student``: the student architecture trained alone with DAFormer's recipe (no teacher);
 - ``kd_only`` (``clda.mapping: none``, Tab. 3 row 1), ``clda_random``, ``clda_channel`` (Eq. 6):
   these four over ``--seeds`` seeds with ``clda.student_init`` random *and* teacher;
-- ``clda_token``, ``clda_both``, ``clda_signed`` (channel mapping, ``clda.saliency_rule: signed``) and
-  ``clda_placebo`` (channel mapping with ``--placebo-alpha``, so close to 1 that the teacher barely moves)
-  over ``--extra-seeds`` seeds with the config's own init;
+- ``clda_token``, ``clda_both`` and ``clda_placebo`` (channel mapping with ``--placebo-alpha``, so close
+  to 1 that the teacher barely moves) over ``--extra-seeds`` seeds with the config's own init, and with
+  ``--signed`` ``clda_signed`` (channel mapping, ``clda.saliency_rule: signed``);
 - ``teacher_before`` (the given teacher) and ``teacher_after`` (after each ``clda_channel`` run's S->T).
 
 Cost: per (seed, init) one prefix run (the ``clda_channel`` config up to T3) keeps snapshots at T2 and
@@ -32,9 +32,10 @@ from clda_deploy.checkpoint import atomic_write
 
 INITS = ("random", "teacher")
 MAIN_ROWS = ("independent_student", "kd_only", "clda_random", "clda_channel")
-EXTRA_ROWS = ("clda_token", "clda_both", "clda_signed", "clda_placebo")
+EXTRA_ROWS = ("clda_token", "clda_both", "clda_placebo")
+OPTIONAL_ROWS = ("clda_signed",)  # --signed: the signed saliency rule (ours) over the extra seeds
 TEACHER_ROWS = ("teacher_before", "teacher_after")
-ROWS = (*MAIN_ROWS, *EXTRA_ROWS, *TEACHER_ROWS)
+ROWS = (*MAIN_ROWS, *EXTRA_ROWS, *OPTIONAL_ROWS, *TEACHER_ROWS)
 MAPPINGS = {"kd_only": "none", "clda_random": "random", "clda_channel": "channel", "clda_token": "token",
             "clda_both": "both", "clda_signed": "channel", "clda_placebo": "channel"}  # fmt: skip
 FORK_POINT = {"clda_channel": "t3", "kd_only": "t3", "clda_random": "t3", "clda_placebo": "t3", "clda_token": "t2",
@@ -54,6 +55,7 @@ class Plan:
     runs: Path
     config_init: str  # the config's own clda.student_init: the init of the extra rows
     placebo_alpha: float = DEFAULT_PLACEBO_ALPHA
+    optional_rows: tuple[str, ...] = ()
 
     def run_dir(self, row: str, init: str, seed: int) -> Path:
         return self.runs / f"{row}-{init}-s{seed}"
@@ -63,7 +65,7 @@ class Plan:
         return [(seed, init) for seed in self.seeds for init in INITS]
 
     def rows_of(self, seed: int, init: str) -> list[str]:
-        extras = list(EXTRA_ROWS) if init == self.config_init and seed in self.extra_seeds else []
+        extras = [*EXTRA_ROWS, *self.optional_rows] if init == self.config_init and seed in self.extra_seeds else []
         return [*MAIN_ROWS, *extras]
 
 
@@ -131,9 +133,22 @@ def train_prefix(plan: Plan, init: str, seed: int) -> Path:
     resume = (run / CHECKPOINT).is_file()
     inputs, _ = prepare_student(cfg, plan.teacher, run, resume)
     inputs.snapshots, inputs.stop_at = (t2, t3), t3
+    if not resume:
+        inputs.task.measured_saliency = measured_lsr(plan)
     if Trainer(inputs).run(resume=resume).interrupted:
         raise KeyboardInterrupt
     return run
+
+
+def measured_lsr(plan: Plan) -> list[dict[str, Any]] | None:
+    """LSR rows another prefix of this plan already measured. LSR (Eq. 2) reads only the teacher, which
+    is unchanged before T3, and the fixed saliency images, so it is the same for every seed and init;
+    measuring it once saves a dozen forward passes per image and prefix. Only the seeded pick differs."""
+    for seed, init in plan.groups():
+        saliency = plan.run_dir("prefix", init, seed) / "saliency.json"
+        if saliency.is_file():
+            return json.loads(saliency.read_text())
+    return None
 
 
 def train_student_row(plan: Plan, row: str, init: str, seed: int) -> Path:
@@ -152,7 +167,10 @@ def train_student_row(plan: Plan, row: str, init: str, seed: int) -> Path:
     t2, t3 = stage_iterations(cfg)
     if not (run / CHECKPOINT).is_file():
         prefix = train_prefix(plan, init, seed)
-        fork_student(prefix / snapshot_name(t2 if FORK_POINT[row] == "t2" else t3), cfg, run)
+        if FORK_POINT[row] == "t2":  # reuse the prefix's LSR deltas (same teacher and images)
+            fork_student(prefix / snapshot_name(t2), cfg, run, saliency_from=prefix / snapshot_name(t3))
+        else:
+            fork_student(prefix / snapshot_name(t3), cfg, run)
     train_student(cfg, plan.teacher, run, resume=True, evaluate_teacher=row == "clda_channel")
     return run
 
@@ -229,6 +247,7 @@ def run_ablation(
     extra_seeds: list[int] | None = None,
     shard: str | None = None,
     placebo_alpha: float = DEFAULT_PLACEBO_ALPHA,
+    signed: bool = False,
 ) -> dict[str, Any] | None:
     """Train (or reuse) every run of the plan, or one shard of it; without ``shard`` also write the
     JSON and the markdown section. Returns the summary (None for a shard)."""
@@ -239,7 +258,7 @@ def run_ablation(
     cfg = load_config(config, overrides)
     extra = seeds[: min(3, len(seeds))] if extra_seeds is None else extra_seeds
     plan = Plan(config, teacher, tuple(overrides), tuple(seeds), tuple(extra), Path(runs), cfg.clda.student_init,
-                placebo_alpha)  # fmt: skip
+                placebo_alpha, OPTIONAL_ROWS if signed else ())  # fmt: skip
     part = parse_shard(shard)
     check_plan(plan)
     for seed, init in plan.groups():
@@ -250,7 +269,7 @@ def run_ablation(
         return None
     sets = f" --set {' '.join(overrides)}" if overrides else ""
     command = (f"python -m training ablation -c {config} --teacher {teacher} --seeds {len(seeds)} "
-               f"--extra-seeds {len(extra)} --runs {runs}{sets}")  # fmt: skip
+               f"--extra-seeds {len(extra)}{' --signed' if signed else ''} --runs {runs}{sets}")  # fmt: skip
     from training.ablation_report import markdown, summarize_ablation
 
     summary = summarize_ablation(plan, command)

@@ -22,8 +22,12 @@ FORKABLE_CHANGES = ("clda.mapping", "clda.alpha", "clda.saliency_rule")
 COPIED_FILES = ("student_init.json",)
 
 
-def fork_student(snapshot: Path, cfg: Config, run_dir: Path) -> Path:
+def fork_student(snapshot: Path, cfg: Config, run_dir: Path, saliency_from: Path | None = None) -> Path:
     """Write ``run_dir/checkpoint.pt`` from ``snapshot`` for a run of ``cfg``; the caller then resumes.
+
+    ``saliency_from``: a later snapshot of the same run (e.g. at T3) whose LSR rows (Eq. 2 deltas, measured
+    at T2 on the unchanged teacher and the same images) a fork at T2 reuses instead of measuring again;
+    only the saliency rule is applied anew.
 
     Raises ValueError when ``cfg`` differs from the snapshot's config in anything but the forkable keys,
     or when the snapshot's point cannot serve ``cfg``'s mapping mode (``forked_task_state``)."""
@@ -49,6 +53,12 @@ def fork_student(snapshot: Path, cfg: Config, run_dir: Path) -> Path:
         raise ValueError(f"cannot fork {snapshot} (iteration {iteration}) to another clda.saliency_rule: "
                          f"the non-salient blocks are picked at T2 = {t2}; fork at T2")  # fmt: skip
     state["task"] = forked_task_state(state["task"], cfg.clda.mapping, t2, t3, iteration)
+    if saliency_from is not None:
+        measured = load_checkpoint(saliency_from)
+        if flatten(measured["config"]).get("clda.saliency_data") != new.get("clda.saliency_data"):
+            raise ValueError(f"{saliency_from} measured LSR on other images (clda.saliency_data)")
+        if measured["task"]["saliency"] is not None and state["task"]["picked"] is None:
+            state["task"]["measured_saliency"] = measured["task"]["saliency"]
     state["config"] = config_to_dict(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     for name in COPIED_FILES:

@@ -35,7 +35,7 @@ from clda_deploy.uda.ema import ema_update_pairs
 from clda_deploy.uda.mapping import SimilarityAccumulator, mapping_entries, random_mapping, select_nonsalient
 from clda_deploy.uda.mixing import mix_with_pseudo_labels
 from clda_deploy.uda.pseudo_label import pseudo_labels, teacher_logits
-from clda_deploy.uda.saliency import teacher_saliency
+from clda_deploy.uda.saliency import is_salient, teacher_saliency
 from clda_deploy.uda.task import Batch
 
 SALIENCY_KEYS = ("block", "lsr", "delta", "salient", "rule", "delta_source", "lsr_source")
@@ -85,15 +85,22 @@ class CLDATask:
         # The digest of the teacher file this run started from; a resume or fork keeps the saved one, so
         # metrics.json names the teacher that was trained with even if the file at --teacher changed.
         self.teacher_sha256 = teacher_sha256
+        # LSR rows (with their deltas) measured on this teacher and these images by the run this one forked
+        # from; the rule is applied anew at T2, so a fork need not repeat the forward passes.
+        self.measured_saliency: list[dict[str, Any]] | None = None
 
     # ----- stage 2 -----------------------------------------------------------------------------
     def _start_mapping(self, student: nn.Module) -> None:
         """LSR of every teacher block (Eq. 2), then the seeded 30% pick of the non-salient ones."""
-        reference = "agreement" if self.clda.saliency_data == "agreement" else "labels"
-        with full_precision(next(self.teacher.parameters()).device):
-            self.saliency = teacher_saliency(self.teacher, self.saliency_batches, self.source_batches,
-                                             reference=reference, threshold=self.clda.nonsalient_threshold,
-                                             rule=self.clda.saliency_rule)  # fmt: skip
+        threshold, rule = self.clda.nonsalient_threshold, self.clda.saliency_rule
+        if self.measured_saliency is not None:  # the same teacher and images measured by the run this forked
+            self.saliency = [{**row, "salient": is_salient(row["delta"], threshold, rule), "rule": rule}
+                             for row in self.measured_saliency]  # fmt: skip
+        else:
+            reference = "agreement" if self.clda.saliency_data == "agreement" else "labels"
+            with full_precision(next(self.teacher.parameters()).device):
+                self.saliency = teacher_saliency(self.teacher, self.saliency_batches, self.source_batches,
+                                                 reference=reference, threshold=threshold, rule=rule)  # fmt: skip
         self.picked = select_nonsalient(self.saliency, self.clda.select_ratio, seed=self.cfg.train.seed)
         if self.clda.mapping in SIMILARITY_MAPPINGS:
             self.accumulator = SimilarityAccumulator(self.picked, unwrap(student).block_names(), self.clda.mapping)
@@ -200,6 +207,7 @@ class CLDATask:
             "generator": self.generator.get_state(),
             "pseudo_weight": [float(self.pseudo_weight_sum), self.pseudo_weight_count],
             "teacher_sha256": self.teacher_sha256,
+            "measured_saliency": self.measured_saliency,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -210,6 +218,7 @@ class CLDATask:
                 f"{self.teacher_sha256}: resume with the original teacher file or start a new run"
             )
         self.teacher_sha256 = saved or self.teacher_sha256
+        self.measured_saliency = state.get("measured_saliency")
         self.teacher.load_state_dict(state["teacher"])
         self.saliency, self.picked, self.mapping = state["saliency"], state["picked"], state["mapping"]
         if "generator" in state:  # checkpoints written before student_mixing have neither

@@ -112,3 +112,9 @@ def test_another_saliency_rule_forks_only_at_t2(tiny_synthcity, teacher, tmp_pat
     train_student(signed, str(teacher), tmp_path / "signed", resume=True, evaluate_teacher=False)
     rows = json.loads((tmp_path / "signed" / "saliency.json").read_text())
     assert {row["rule"] for row in rows} == {"signed"}
+    # Reusing the prefix's measured deltas gives the very same saliency and pick as measuring again.
+    fork_student(run / snapshot_name(2), signed, tmp_path / "reused", saliency_from=run / snapshot_name(3))
+    train_student(signed, str(teacher), tmp_path / "reused", resume=True, evaluate_teacher=False)
+    assert json.loads((tmp_path / "reused" / "saliency.json").read_text()) == rows
+    assert load_checkpoint(tmp_path / "reused" / CHECKPOINT)["task"]["picked"] == load_checkpoint(
+        tmp_path / "signed" / CHECKPOINT)["task"]["picked"]  # fmt: skip
