@@ -75,6 +75,18 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def tensors_sha256(path: str | Path) -> str:
+    """Hex sha256 over a model file's tensors alone (name, dtype, shape and bytes, in name order), not its
+    metadata: two files with bit-identical weights but other embedded config text share this digest."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(load_state_dict(path).items()):
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save_model(
     path: str | Path, model: torch.nn.Module, config: Config, role: str, extra: dict[str, str] | None = None
 ) -> Path:

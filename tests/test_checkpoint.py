@@ -111,3 +111,19 @@ def test_init_weights_must_describe_the_same_architecture(tmp_path):
         check_init(path, wider)
     with pytest.raises(CheckpointError, match="model.init: model file not found"):
         check_init(tmp_path / "missing.safetensors", cfg)
+
+
+def test_tensors_sha256_ignores_metadata_and_sees_every_weight(tmp_path):
+    from clda_deploy.checkpoint import file_sha256, save_model, tensors_sha256
+    from clda_deploy.config import load_config
+    from clda_deploy.models.segmenter import build_segmenter
+
+    model = build_segmenter("mit_cpu_student", head_channels=32)
+    cfg = load_config(None, ["model.encoder=mit_cpu_student", "model.head_channels=32"])
+    first = save_model(tmp_path / "a.safetensors", model, cfg, role="teacher")
+    second = save_model(tmp_path / "b.safetensors", model, cfg, role="teacher", extra={"note": "other metadata"})
+    assert file_sha256(first) != file_sha256(second) and tensors_sha256(first) == tensors_sha256(second)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1e-6
+    third = save_model(tmp_path / "c.safetensors", model, cfg, role="teacher")
+    assert tensors_sha256(third) != tensors_sha256(first)

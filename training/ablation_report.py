@@ -139,7 +139,7 @@ def schedule_of(plan: Plan) -> dict[str, Any]:
 
 
 def summarize_ablation(plan: Plan, command: str) -> dict[str, Any]:
-    from clda_deploy.checkpoint import file_sha256
+    from clda_deploy.checkpoint import file_sha256, tensors_sha256
     from clda_deploy.statistics import summarize
 
     rows = collect(plan)
@@ -148,7 +148,12 @@ def summarize_ablation(plan: Plan, command: str) -> dict[str, Any]:
                     for row, inits in sorted(rows.items(), key=lambda item: ROWS.index(item[0]))}  # fmt: skip
     return {
         "command": command,
-        "teacher": {"path": plan.teacher, "sha256": file_sha256(plan.teacher), "miou": teacher_before(plan)},
+        "teacher": {
+            "path": plan.teacher,
+            "sha256": file_sha256(plan.teacher),
+            "tensors_sha256": tensors_sha256(plan.teacher),
+            "miou": teacher_before(plan),
+        },  # fmt: skip
         "student_config": plan.config,
         "overrides": list(plan.overrides),
         "schedule": schedule_of(plan),
