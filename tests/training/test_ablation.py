@@ -32,8 +32,8 @@ def finished(tiny_synthcity, tmp_path_factory):
     results, out = tmp / "results.md", tmp / "ablation.json"
     results.write_text("# Results\n\nearlier text\n")
     args = ["ablation", "-c", str(CONFIGS / "smoke_student.yaml"), "--teacher", str(teacher), "--seeds", "1",
-            "--extra-seeds", "1", "--runs", str(tmp / "runs"), "--out", str(results), "--json", str(out),
-            "--signed", "--set", *data_overrides(tiny_synthcity), "train.iters=6", "clda.student_init=teacher"]  # fmt: skip
+            "--extra-seeds", "1", "--signed", "--runs", str(tmp / "runs"), "--out", str(results), "--json", str(out),
+            "--set", *data_overrides(tiny_synthcity), "train.iters=6", "clda.student_init=teacher"]  # fmt: skip
     assert main(args) == 0
     return teacher, tmp / "runs", results, out, args
 
