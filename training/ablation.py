@@ -206,7 +206,7 @@ def check_run_config(run: Path, cfg: Any, row: str) -> None:
     """Refuse to reuse or resume ``run`` when it was trained with another config than ``cfg`` (keys that
     change nothing trained are exempt; an independent student ignores the ``clda`` section)."""
     from clda_deploy.config import ConfigError, config_to_dict, load_config
-    from training.teacher import flatten
+    from training.teacher import config_differences
 
     saved = run / "config.yaml"
     if not saved.is_file():
@@ -214,12 +214,8 @@ def check_run_config(run: Path, cfg: Any, row: str) -> None:
     exempt = ("train.progress", "train.device", "data.workers", "train.log_every", "eval.")
     if row == "independent_student":
         exempt = (*exempt, "clda.", "uda.mode", "model.init")
-    old, new = flatten(config_to_dict(load_config(saved))), flatten(config_to_dict(cfg))
-    changed = [
-        key for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key) and not key.startswith(exempt)
-    ]
-    if changed:
-        details = ", ".join(f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in changed[:6])
+    details = config_differences(config_to_dict(load_config(saved)), cfg, exempt)
+    if details:
         raise ConfigError(f"{run} was trained with another config ({details}); use another --runs folder")
 
 

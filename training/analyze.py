@@ -50,12 +50,12 @@ def saliency(cfg: Config, models: dict[str, Any], batches: list[Any], out: Path)
     (labels, or label-free agreement), with the signed delta on the target and on
     ``clda.saliency_source_images`` source images (``saliency_domains.png``)."""
     from clda_deploy.uda.analysis import lsr_summary, plot_lsr_distribution, plot_saliency_by_domain
-    from clda_deploy.uda.saliency import teacher_saliency
+    from clda_deploy.uda.saliency import reference_for, teacher_saliency
     from training.student import source_saliency_batches
 
     source = source_saliency_batches(cfg)
     threshold, rule = cfg.clda.nonsalient_threshold, cfg.clda.saliency_rule
-    reference = "agreement" if cfg.clda.saliency_data == "agreement" else "labels"
+    reference = reference_for(cfg.clda.saliency_data)
     results = {role: teacher_saliency(model, batches, source, reference, threshold, rule)
                for role, model in models.items()}  # fmt: skip
     payload = {role: {"summary": lsr_summary(rows), "blocks": rows} for role, rows in results.items()}
@@ -120,10 +120,10 @@ def update_probe(cfg: Config, models: dict[str, Any], batches: list[Any], out: P
     every same-stage student block with each weight, against the shrink and other-teacher-block controls.
     The non-salient blocks are chosen as the student stage chooses them (``clda.saliency_data`` and
     ``clda.saliency_rule``), on other images than the target-val ``batches`` they are scored on."""
-    from clda_deploy.uda.saliency import teacher_saliency
+    from clda_deploy.uda.saliency import reference_for, teacher_saliency
     from clda_deploy.uda.update_probe import plot_probe, probe
 
-    reference = "agreement" if cfg.clda.saliency_data == "agreement" else "labels"
+    reference = reference_for(cfg.clda.saliency_data)
     rows = teacher_saliency(models["teacher"], saliency_data(cfg, images), None, reference,
                             cfg.clda.nonsalient_threshold, cfg.clda.saliency_rule)  # fmt: skip
     blocks = [row["block"] for row in rows if not row["salient"]]

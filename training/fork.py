@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from clda_deploy.config import Config, config_to_dict, stage_iterations
-from training.teacher import RESUMABLE_CHANGES, flatten
+from training.teacher import RESUMABLE_CHANGES, config_differences, flatten
 
 # Keys a fork may change besides those a resume may change: what separates the ablation's rows.
 FORKABLE_CHANGES = ("clda.mapping", "clda.alpha", "clda.saliency_rule")
@@ -40,10 +40,8 @@ def fork_student(snapshot: Path, cfg: Config, run_dir: Path, saliency_from: Path
     # A fork may not change train.iters (a resume may): T2 and T3 are fractions of it, and the snapshot's
     # mapping was made on its own schedule.
     resumable = tuple(key for key in RESUMABLE_CHANGES if key != "train.iters")
-    changed = [k for k in sorted(set(old) | set(new))
-               if old.get(k) != new.get(k) and not k.startswith(resumable) and k not in FORKABLE_CHANGES]  # fmt: skip
-    if changed:
-        details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+    details = config_differences(state["config"], cfg, resumable, FORKABLE_CHANGES)
+    if details:
         raise ValueError(
             f"cannot fork {snapshot}: the runs differ in more than {', '.join(FORKABLE_CHANGES)} ({details})"
         )

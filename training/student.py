@@ -104,9 +104,9 @@ def initialise_student(cfg: Config, teacher: Any, student: Any, batches: list[An
         return {}
     saliency = None
     if cfg.clda.student_init_blocks == "salient":
-        from clda_deploy.uda.saliency import teacher_saliency
+        from clda_deploy.uda.saliency import reference_for, teacher_saliency
 
-        reference = "agreement" if cfg.clda.saliency_data == "agreement" else "labels"
+        reference = reference_for(cfg.clda.saliency_data)
         saliency = teacher_saliency(teacher, batches, reference=reference, threshold=cfg.clda.nonsalient_threshold)
     sources = student_block_sources(teacher, student, cfg.clda.student_init_blocks, saliency)
     initialise_from_teacher(student, teacher, sources)

@@ -36,14 +36,21 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def config_differences(
+    saved: dict[str, Any], cfg: Config, prefixes: tuple[str, ...] = (), keys: tuple[str, ...] = ()
+) -> str | None:
+    """``"key: old -> new, ..."`` for the (first 8) dotted keys in which ``cfg`` differs from the saved
+    config dict, ignoring keys that start with one of ``prefixes`` or equal one of ``keys``; None if none."""
+    old, new = flatten(saved), flatten(config_to_dict(cfg))
+    changed = [k for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k) and not k.startswith(prefixes) and k not in keys]  # fmt: skip
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8]) if changed else None
+
+
 def check_resumable(saved: dict[str, Any], cfg: Config, path: Path) -> None:
     """A resumed run must train the same thing; name every key that differs."""
-    old, new = flatten(saved), flatten(config_to_dict(cfg))
-    changed = [
-        k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)
-    ]
-    if changed:
-        details = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
+    details = config_differences(saved, cfg, RESUMABLE_CHANGES)
+    if details:
         raise ConfigError(
             f"--resume: the config differs from the one in {path} ({details}); "
             "resume with the original config or start a new --out"

@@ -35,7 +35,7 @@ from clda_deploy.uda.ema import ema_update_pairs
 from clda_deploy.uda.mapping import SimilarityAccumulator, mapping_entries, random_mapping, select_nonsalient
 from clda_deploy.uda.mixing import mix_with_pseudo_labels
 from clda_deploy.uda.pseudo_label import pseudo_labels, teacher_logits
-from clda_deploy.uda.saliency import is_salient, teacher_saliency
+from clda_deploy.uda.saliency import is_salient, reference_for, teacher_saliency
 from clda_deploy.uda.task import Batch
 
 SALIENCY_KEYS = ("block", "lsr", "delta", "salient", "rule", "delta_source", "lsr_source")
@@ -97,7 +97,7 @@ class CLDATask:
             self.saliency = [{**row, "salient": is_salient(row["delta"], threshold, rule), "rule": rule}
                              for row in self.measured_saliency]  # fmt: skip
         else:
-            reference = "agreement" if self.clda.saliency_data == "agreement" else "labels"
+            reference = reference_for(self.clda.saliency_data)
             with full_precision(next(self.teacher.parameters()).device):
                 self.saliency = teacher_saliency(self.teacher, self.saliency_batches, self.source_batches,
                                                  reference=reference, threshold=threshold, rule=rule)  # fmt: skip

@@ -17,9 +17,15 @@ from typing import Any, Literal
 from clda_deploy.models.segmenter import Segmenter
 from clda_deploy.uda.mapping import DEFAULT_LSR_THRESHOLD, Batches, layer_saliency
 
-__all__ = ["RULES", "is_salient", "teacher_saliency"]
+__all__ = ["RULES", "is_salient", "reference_for", "teacher_saliency"]
 
 RULES = ("abs", "signed")
+
+
+def reference_for(saliency_data: str) -> Literal["labels", "agreement"]:
+    """What R of Eq. 2 is compared with for a ``clda.saliency_data`` mode: the full model's own predictions
+    for ``agreement`` (label-free), the labels otherwise."""
+    return "agreement" if saliency_data == "agreement" else "labels"
 
 
 def is_salient(delta: float, threshold: float = DEFAULT_LSR_THRESHOLD, rule: str = "abs") -> bool:

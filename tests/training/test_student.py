@@ -221,3 +221,14 @@ def test_resume_refuses_another_teacher_file(tiny_synthcity, smoke_teacher, tmp_
     inputs, _ = prepare_student(student_config(tiny_synthcity, "train.iters=6"), str(other), run, resume=True)
     with pytest.raises(ValueError, match="trained from teacher sha256"):
         Trainer(inputs).resume()
+
+
+def test_heldout_saliency_on_an_unlabelled_target_is_refused_with_the_fix(tiny_synthcity, monkeypatch):
+    import clda_deploy.data as data
+    from clda_deploy.config import ConfigError
+    from training.student import saliency_batches
+
+    build = data.build_dataset
+    monkeypatch.setattr(data, "build_dataset", lambda cfg, **kwargs: build(cfg, **{**kwargs, "labels": False}))
+    with pytest.raises(ConfigError, match="saliency_data=agreement"):
+        saliency_batches(student_config(tiny_synthcity, "clda.saliency_data=heldout"), {})
