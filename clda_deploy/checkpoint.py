@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from clda_deploy.config import Config, ConfigError, config_from_dict, config_to_dict
+from clda_deploy.errors import CldaError
 
 if TYPE_CHECKING:
     from clda_deploy.models.segmenter import Segmenter
@@ -28,7 +29,7 @@ FORMAT_KEY = "clda_format"
 FORMAT_VERSION = "1"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(CldaError, RuntimeError):
     """A checkpoint cannot be read or written; the message names the file and the problem."""
 
 

@@ -20,10 +20,11 @@ from typing import Any, Union
 
 import yaml
 
+from clda_deploy.errors import CldaError
 from clda_deploy.models.presets import ENCODER_PRESETS, HEAD_NAMES
 
 
-class ConfigError(ValueError):
+class ConfigError(CldaError, ValueError):
     """A configuration problem; the message names the key and how to fix it."""
 
 

@@ -21,6 +21,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from clda_deploy.errors import CldaError
+
 log = logging.getLogger(__name__)
 
 META_NAME, META_ROLE, META_CLASSES, META_PALETTE = "clda_name", "clda_role", "clda_classes", "clda_palette"
@@ -30,7 +32,7 @@ BACKEND_BY_SUFFIX = {".safetensors": "torch", ".onnx": "onnxruntime", ".plan": "
 ORT_PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
-class RuntimeLoadError(RuntimeError):
+class RuntimeLoadError(CldaError, RuntimeError):
     """A model file cannot be loaded; the message names the file and what is wrong."""
 
 

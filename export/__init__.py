@@ -8,9 +8,10 @@ gate against PyTorch) and ``triton`` (a Triton model repository). Exit codes of 
 from __future__ import annotations
 
 from clda_deploy.checkpoint import atomic_write as write_atomic  # temp file + fsync + rename
+from clda_deploy.errors import CldaError
 
 __all__ = ["ExportError", "write_atomic"]
 
 
-class ExportError(RuntimeError):
+class ExportError(CldaError, RuntimeError):
     """An export step cannot run; the message names the file and the problem (exit code 2)."""

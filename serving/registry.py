@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from clda_deploy.data.transforms import preprocess_numpy
+from clda_deploy.errors import CldaError
 from serving.batching import MicroBatcher
 from serving.errors import ApiError
 from serving.metrics import ServiceMetrics
@@ -35,7 +36,7 @@ SUFFIX_BACKENDS = {".onnx": "onnxruntime", ".plan": "tensorrt", ".engine": "tens
 Loader = Callable[[Path, str, str, int | None], Any]
 
 
-class NoModelsError(ValueError):
+class NoModelsError(CldaError, ValueError):
     """The models folder holds nothing to serve; the message says what was expected."""
 
 

@@ -19,11 +19,12 @@ from PIL import Image
 
 from clda_deploy.data import transforms
 from clda_deploy.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, IGNORE_INDEX, map_labels
+from clda_deploy.errors import CldaError
 
 MAX_LISTED = 10  # file names quoted in one error message
 
 
-class DatasetError(ValueError):
+class DatasetError(CldaError, ValueError):
     """A problem with a dataset on disk; the message names the file or folder and the fix."""
 
 

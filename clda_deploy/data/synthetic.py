@@ -8,6 +8,7 @@ function of (seed, stream, index), so datasets are reproducible and can be gener
 
 from __future__ import annotations
 
+from clda_deploy.errors import CldaError
 import json
 import multiprocessing
 import os
@@ -37,7 +38,7 @@ PNG_COMPRESSION = 1  # speed over size: the default benchmark is written in well
 LABEL_ID_LUT = trainid_to_labelid_lut()  # trainId -> GTA5/Cityscapes labelId, the ids both layouts store
 
 
-class OutputExistsError(FileExistsError, ValueError):
+class OutputExistsError(CldaError, FileExistsError, ValueError):
     """``out`` already holds something other than the requested benchmark.
 
     A FileExistsError by nature, and a ValueError so that command lines reporting bad arguments

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clda_deploy.errors import CldaError
+
 # Bench backend labels (a fp16 ONNX file is its own row: same runtime, other numbers) and the
 # ``load_predictor`` backend each one runs on.
 BACKENDS = ("torch", "onnxruntime", "onnxruntime-fp16", "tensorrt")
@@ -28,7 +30,7 @@ THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "KMP_BLOC
 DEFAULT_OUT = "runs/default/bench"
 
 
-class BenchError(RuntimeError):
+class BenchError(CldaError, RuntimeError):
     """A problem the user can fix (missing file, unknown backend, server not ready); printed as
     one line and the command exits with status 2."""
 
