@@ -18,7 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from clda_deploy.config import EvalConfig
-from clda_deploy.inference import Predictor, predict_logits, resize_logits
+from clda_deploy.inference import LogitsFn, predict_logits, resize_logits
 from clda_deploy.metrics import ConfusionMeter
 
 
@@ -57,7 +57,7 @@ def save_prediction(labels: np.ndarray, name: str, out_dir: Path, label_id_lut: 
 
 @torch.no_grad()
 def evaluate(
-    predict: Predictor,
+    predict: LogitsFn,
     dataset: Any,
     num_classes: int,
     eval_config: EvalConfig,

@@ -1,8 +1,9 @@
 """Whole-image and sliding-window inference (mmseg's ``whole`` and ``slide`` test modes).
 
-A predictor is any callable mapping a normalized batch ``[B,3,H,W]`` to logits ``[B,K,H,W]``
-(a Segmenter, or later an ONNX Runtime / TensorRT runtime), so evaluation code is shared by
-training, export parity and the serving benchmarks.
+What runs here is a ``LogitsFn``: any callable mapping a normalized batch ``[B,3,H,W]`` to logits
+``[B,K,H,W]`` (a Segmenter, or a runtime predictor through ``clda_deploy.runtime.as_logits_fn``),
+so evaluation code is shared by training, export parity and the serving benchmarks. (A runtime
+``Predictor`` is the numpy interface of ``clda_deploy.runtime``.)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-Predictor = Callable[[torch.Tensor], torch.Tensor]
+LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -44,7 +45,7 @@ def slide_windows(
 
 @torch.no_grad()
 def slide_logits(
-    predict: Predictor, images: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int]
+    predict: LogitsFn, images: torch.Tensor, crop: tuple[int, int], stride: tuple[int, int]
 ) -> torch.Tensor:
     """Average the logits of overlapping windows: ``[B,3,H,W]`` -> ``[B,K,H,W]``."""
     height, width = images.shape[-2:]
@@ -62,7 +63,7 @@ def slide_logits(
 
 @torch.no_grad()
 def predict_logits(
-    predict: Predictor,
+    predict: LogitsFn,
     images: torch.Tensor,
     mode: str = "whole",
     crop: tuple[int, int] = (512, 512),

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")  # no dots: ".fp16" marks the precision
 EXIT_ERROR, EXIT_PARITY = 2, 3
 log = logging.getLogger("export")
 
@@ -75,15 +73,17 @@ def setup_logging(quiet: bool) -> None:
 
 def validate(args: argparse.Namespace) -> dict[str, Any]:
     """Step 1: everything that can be wrong with the inputs, before any file is written."""
+    from clda_deploy.artifacts import ArtifactError, check_model_name
     from clda_deploy.checkpoint import read_config, read_role
     from export import ExportError
     from export.to_tensorrt import Profile, parse_shape, require_tensorrt
 
     checkpoint = Path(args.checkpoint)
     config = read_config(checkpoint)  # missing, corrupt or config-less files fail here
-    name = args.name or read_role(checkpoint)
-    if not NAME_PATTERN.match(name):
-        raise ExportError(f"--name must be letters, digits, '_' or '-' (no dots), got {name!r}")
+    try:
+        name = check_model_name(args.name or read_role(checkpoint))
+    except ArtifactError as exc:
+        raise ExportError(f"--name: {exc}") from None
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -109,16 +109,22 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
 
 def export_files(args: argparse.Namespace, plan: dict[str, Any]) -> dict[str, tuple[Path, str]]:
     """Steps 2-5: write the files; returns parity candidates ``name -> (path, precision)``."""
+    from clda_deploy.artifacts import kind_for, model_file_name
     from export.to_onnx import export_onnx
 
     out, name, checkpoint = plan["out"], plan["name"], plan["checkpoint"]
-    onnx_path = export_onnx(checkpoint, out / f"{name}.onnx", name, exporter=args.exporter)
+    onnx_path = export_onnx(
+        checkpoint, out / model_file_name(name, kind_for("onnxruntime")), name, exporter=args.exporter
+    )
     log.info("wrote %s", onnx_path)
     files = {"onnx_fp32": (onnx_path, "fp32")}
     if args.fp16:
         from export.fp16 import convert_fp16
 
-        files["onnx_fp16"] = (convert_fp16(onnx_path, out / f"{name}.fp16.onnx"), "fp16")
+        files["onnx_fp16"] = (
+            convert_fp16(onnx_path, out / model_file_name(name, kind_for("onnxruntime", "fp16"))),
+            "fp16",
+        )
         log.info("wrote %s", files["onnx_fp16"][0])
     if args.tensorrt:
         from export.to_onnx import onnx_metadata
@@ -128,7 +134,8 @@ def export_files(args: argparse.Namespace, plan: dict[str, Any]) -> dict[str, tu
         # TensorRT >= 11 is strongly typed: fp16 must come from the fp16 ONNX (see to_tensorrt).
         source = files[f"onnx_{precision}"][0] if _tensorrt_major() >= 11 else onnx_path
         metadata = onnx_metadata(checkpoint, name, precision)
-        plan_path = build_engine(source, out / f"{name}.plan", plan["profile"], precision, metadata, args.workspace_gib)
+        plan_file = out / model_file_name(name, kind_for("tensorrt", precision))
+        plan_path = build_engine(source, plan_file, plan["profile"], precision, metadata, args.workspace_gib)
         files[f"tensorrt_{precision}"] = (plan_path, precision)
         log.info("wrote %s", plan_path)
     if args.triton:
@@ -148,6 +155,7 @@ def _tensorrt_major() -> int:
 
 def check_parity(args: argparse.Namespace, plan: dict[str, Any], files: dict[str, tuple[Path, str]]) -> int:
     """Step 6: the parity gate; prints the table and returns the exit code."""
+    from clda_deploy.artifacts import PARITY_INDEX, parity_record_name
     from export.parity import all_passed, format_parity, run_parity
 
     payload = run_parity(
@@ -155,10 +163,10 @@ def check_parity(args: argparse.Namespace, plan: dict[str, Any], files: dict[str
     )
     print(format_parity(payload))
     if all_passed(payload):
-        print(f"parity passed; written to {plan['out'] / (plan['name'] + '.parity.json')} and parity.json")
+        print(f"parity passed; written to {plan['out'] / parity_record_name(plan['name'])} and {PARITY_INDEX}")
         return 0
     failed = [name for name, entry in payload["backends"].items() if not entry["passed"]]
-    record = plan["out"] / f"{plan['name']}.parity.json"
+    record = plan["out"] / parity_record_name(plan["name"])
     print(f"parity FAILED for {', '.join(failed)} (thresholds in {record})", file=sys.stderr)
     return EXIT_PARITY
 
@@ -166,16 +174,13 @@ def check_parity(args: argparse.Namespace, plan: dict[str, Any], files: dict[str
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.quiet)
-    from clda_deploy.checkpoint import CheckpointError
-    from clda_deploy.config import ConfigError
-    from clda_deploy.runtime import RuntimeLoadError
-    from export import ExportError
+    from clda_deploy.errors import CldaError
 
     try:
         plan = validate(args)
         files = export_files(args, plan)
         return 0 if args.no_check else check_parity(args, plan, files)
-    except (ExportError, CheckpointError, ConfigError, RuntimeLoadError, ValueError, OSError) as exc:
+    except CldaError as exc:  # a problem the user can fix; anything else is a bug and keeps its traceback
         message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         print(f"error: {message}", file=sys.stderr)
         return EXIT_ERROR

@@ -19,7 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from clda_deploy.runtime import META_PRECISION
+from clda_deploy.runtime.metadata import META_PRECISION
 from export import ExportError, write_atomic
 from export.to_onnx import check_onnx, set_metadata
 

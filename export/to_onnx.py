@@ -12,7 +12,7 @@ timm's reshapes, matches PyTorch to ~1e-6 at sizes like 97x131, and takes ~2 s f
 where torch.export takes ~30 s. ``exporter="dynamo"`` (torch.export with ``dynamic_shapes``, opset
 18) gives the same numbers and is kept for torch versions that drop the TorchScript exporter.
 
-Metadata (``clda_deploy.runtime.META_*`` keys in ``metadata_props``): name, role, class names,
+Metadata (``clda_deploy.runtime.metadata.META_*`` keys in ``metadata_props``): name, role, class names,
 palette, preprocessing, source checkpoint path and sha256, the resolved config JSON, precision.
 Every file is written atomically (temp file + rename), so a failure leaves no partial file.
 """
@@ -33,7 +33,7 @@ from torch import nn
 from clda_deploy.checkpoint import load_segmenter, read_config, read_role
 from clda_deploy.config import config_to_dict
 from clda_deploy.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from clda_deploy.runtime import (
+from clda_deploy.runtime.metadata import (
     META_CLASSES,
     META_CONFIG,
     META_LABELS_DTYPE,

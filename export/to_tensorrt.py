@@ -11,7 +11,7 @@ limit, and two precision paths chosen by the installed TensorRT's major version:
   and reductions are already float32.
 
 Engines only run on the TensorRT version that built them; the sidecar records it (with the
-profile, precision and the model metadata that ``clda_deploy.tensorrt_runtime.TensorRTPredictor`` reads).
+profile, precision and the model metadata that ``clda_deploy.runtime.tensorrt_backend.TensorRTPredictor`` reads).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from clda_deploy.runtime import available_backends
-from clda_deploy.tensorrt_runtime import engine_sidecar
+from clda_deploy.runtime.metadata import engine_sidecar
 from export import ExportError, write_atomic
 
 log = logging.getLogger("export")

@@ -16,11 +16,12 @@ from typing import Any, NoReturn
 
 from pydantic import ValidationError
 
+from clda_deploy.artifacts import RunLayout
 from serving.settings import Settings
 
 # flag -> (settings field, type, help); each flag defaults to "not given" so the env var stays in force.
 FLAGS: dict[str, tuple[str, Any, str]] = {
-    "--models": ("models", str, "folder with <name>.onnx / .plan files (default runs/default/export)"),
+    "--models": ("models", str, f"folder with <name>.onnx / .plan files (default {RunLayout().export})"),
     "--host": ("host", str, "address to bind (default 127.0.0.1)"),
     "--port": ("port", int, "port (default 8000)"),
     "--workers": ("workers", int, "uvicorn worker processes, each with its own models (default 1)"),
@@ -45,13 +46,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     for flag, (_, kind, text) in FLAGS.items():
         parser.add_argument(flag, type=kind, default=None, help=text)
-    parser.add_argument("--fp16", action="store_true", default=None, help="also serve <name>.fp16.onnx")
+    parser.add_argument(
+        "--fp16", action="store_true", default=None, help="also serve <name>.fp16.onnx as backend onnxruntime-fp16"
+    )
     parser.add_argument(
         "--torch",
         action="append",
         metavar="NAME=PATH",
-        help="also serve a model.safetensors with PyTorch (repeatable), e.g. "
-        "student=runs/default/student/model.safetensors",
+        help=f"also serve a model.safetensors with PyTorch (repeatable), e.g. student={RunLayout().model('student')}",
     )
     return parser.parse_args(argv)
 

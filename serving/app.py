@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from clda_deploy.artifacts import variants
 from serving.errors import ApiError, install_error_handlers
 from serving.images import allow_pixels
 from serving.metrics import ServiceMetrics
@@ -82,7 +83,7 @@ def _model_entry(registry: ModelRegistry, key: tuple[str, str]) -> ModelEntry:
     served = registry.entries[key]
     predictor, batcher = served.predictor, served.batcher
     info = getattr(predictor, "info", None)
-    default_backend = next(b for b in registry.settings.backends if (key[0], b) in registry.entries)
+    default_backend = next(b for b in registry.settings.served_backends if (key[0], b) in registry.entries)
     return ModelEntry(
         name=key[0],
         backend=key[1],
@@ -136,7 +137,7 @@ def _add_routes(app: FastAPI, registry: ModelRegistry, settings: Settings) -> No
     async def segment_endpoint(
         request: Request,
         model: Annotated[str | None, Query(max_length=128, description="model name (default: student)")] = None,
-        backend: Annotated[str | None, Query(max_length=32, description="tensorrt | onnxruntime | torch")] = None,
+        backend: Annotated[str | None, Query(max_length=32, description=" | ".join(dict.fromkeys(variants())))] = None,
         format: Annotated[
             OutputFormat, Query(description="png: trainIds (mode L); overlay: colour blend; json")
         ] = "png",

@@ -1,9 +1,11 @@
 """Which models the service has, loading them once in the background, and resolving a request's
 ``model`` / ``backend`` to a loaded, warmed-up predictor with its batcher.
 
-Files are found by name (DESIGN §3): ``<name>.onnx`` -> ONNX Runtime, ``<name>.plan`` / ``.engine``
--> TensorRT (only where the module is installed), ``<name>.safetensors`` and the ``torch_checkpoints``
-setting -> PyTorch. ``<name>.fp16.onnx`` is served as ``<name>.fp16`` only when ``include_fp16`` is set.
+Files are found by kind (``clda_deploy.artifacts``, DESIGN §3): ``<name>.onnx`` -> ONNX Runtime,
+``<name>.plan`` -> TensorRT (only where its module is installed), ``<name>.safetensors`` and the
+``torch_checkpoints`` setting -> PyTorch. A file is served as model ``<name>`` with the backend its
+kind's ``variant`` names; ``<name>.fp16.onnx`` is backend ``onnxruntime-fp16`` of model ``<name>``,
+served only when ``include_fp16`` is set or the backend is listed.
 Loading runs in a thread, so ``/healthz`` answers at once while ``/readyz`` says 503 until every model
 has at least one backend loaded and warmed up (a failed backend is reported, not fatal, when another
 backend of the same model works).
@@ -11,7 +13,6 @@ backend of the same model works).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import threading
 import time
@@ -22,17 +23,17 @@ from typing import Any
 
 import numpy as np
 
+from clda_deploy.artifacts import Artifact, ArtifactError, identify, kind_of, variants
 from clda_deploy.data.transforms import preprocess_numpy
 from clda_deploy.errors import CldaError
 from serving.batching import MicroBatcher
 from serving.errors import ApiError
 from serving.metrics import ServiceMetrics
-from serving.settings import BACKEND_NAMES, Settings
+from serving.settings import Settings
 
 log = logging.getLogger("serving")
 
-SUFFIX_BACKENDS = {".onnx": "onnxruntime", ".plan": "tensorrt", ".engine": "tensorrt", ".safetensors": "torch"}
-# (path, backend, device, threads) -> a clda_deploy.runtime.Predictor
+# (path, runtime backend, device, threads) -> a clda_deploy.runtime.Predictor
 Loader = Callable[[Path, str, str, int | None], Any]
 
 
@@ -42,9 +43,21 @@ class NoModelsError(CldaError, ValueError):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    name: str
-    backend: str
-    path: Path
+    """One served file: model ``name`` run by ``backend`` (an artifact kind's variant label)."""
+
+    artifact: Artifact
+
+    @property
+    def name(self) -> str:
+        return self.artifact.model
+
+    @property
+    def backend(self) -> str:
+        return self.artifact.variant
+
+    @property
+    def path(self) -> Path:
+        return self.artifact.path
 
 
 @dataclass
@@ -59,33 +72,41 @@ class Served:
     load_seconds: float | None = None
 
 
-def _spec_for(path: Path, settings: Settings) -> ModelSpec | None:
-    backend = SUFFIX_BACKENDS.get(path.suffix.lower())
-    if backend is None or not path.is_file():
+def _spec_for(path: Path) -> ModelSpec | None:
+    """The spec of a model file in the models folder; None for other files (parity.json, sidecars)."""
+    if kind_of(path) is None or not path.is_file():
         return None
-    name = path.name[: -len(path.suffix)]
-    if name.endswith(".fp16") and not settings.include_fp16:
+    try:
+        return ModelSpec(identify(path))
+    except ArtifactError as exc:
+        log.warning("skipping %s", exc)
         return None
-    if backend == "tensorrt" and importlib.util.find_spec("tensorrt") is None:
-        log.warning("skipping %s: TensorRT is not installed here", path)
-        return None
-    return ModelSpec(name, backend, path)
+
+
+def _usable(spec: ModelSpec) -> bool:
+    """False (with a warning) when the backend's runtime module is not installed here."""
+    from clda_deploy.runtime import missing_module
+
+    missing = missing_module(spec.artifact.kind)
+    if missing is not None:
+        log.warning("skipping %s: %s", spec.path, missing)
+    return missing is None
 
 
 def discover(settings: Settings) -> list[ModelSpec]:
     """Every (model, backend) to serve, default model first; ``NoModelsError`` when there is none."""
-    folder = settings.models
-    found = [_spec_for(path, settings) for path in sorted(folder.iterdir())] if folder.is_dir() else []
+    folder, backends = settings.models, settings.served_backends
+    found = [_spec_for(path) for path in sorted(folder.iterdir())] if folder.is_dir() else []
     specs = [spec for spec in found if spec is not None]
-    specs += [ModelSpec(name, "torch", Path(path)) for name, path in settings.torch_checkpoints.items()]
-    specs = [spec for spec in specs if spec.backend in settings.backends]
+    specs += [ModelSpec(identify(path, model=name)) for name, path in settings.torch_checkpoints.items()]
+    specs = [spec for spec in specs if spec.backend in backends and _usable(spec)]
     if not specs:
         where = f"{folder} does not exist" if not folder.is_dir() else f"{folder} holds no model file"
         raise NoModelsError(
             f"no models to serve: {where} (expected <name>.onnx, <name>.plan or <name>.safetensors for backends "
-            f"{', '.join(settings.backends)}); run `make export` or pass --models DIR"
+            f"{', '.join(backends)}); run `make export` or pass --models DIR"
         )
-    rank = {backend: index for index, backend in enumerate(settings.backends)}
+    rank = {backend: index for index, backend in enumerate(backends)}
     return sorted(specs, key=lambda spec: (spec.name != settings.default_model, spec.name, rank[spec.backend]))
 
 
@@ -149,7 +170,7 @@ class ModelRegistry:
         spec, settings = served.spec, self.settings
         started = time.perf_counter()
         try:
-            predictor = self.loader(spec.path, spec.backend, settings.device, settings.threads)
+            predictor = self.loader(spec.path, spec.artifact.backend, settings.device, settings.threads)
             predict = batch_predict(predictor)
             height, width = settings.warmup_size
             predict([np.full((height, width, 3), 128, dtype=np.uint8)])  # first run: allocations, autotuning
@@ -196,12 +217,14 @@ class ModelRegistry:
         name = model or self.default_model
         if name not in self.names:
             raise ApiError(404, f"unknown model {name!r}; available models: {', '.join(self.names)}")
-        group = [self.entries[(name, b)] for b in self.settings.backends if (name, b) in self.entries]
+        backends = self.settings.served_backends
+        group = [self.entries[(name, b)] for b in backends if (name, b) in self.entries]
         if backend is not None:
             group = [served for served in group if served.spec.backend == backend]
             if not group:
-                offered = ", ".join(b for b in self.settings.backends if (name, b) in self.entries)
-                known = "" if backend in BACKEND_NAMES else f" (backends are {', '.join(BACKEND_NAMES)})"
+                offered = ", ".join(b for b in backends if (name, b) in self.entries)
+                names = list(dict.fromkeys(variants()))
+                known = "" if backend in names else f" (backends are {', '.join(names)})"
                 raise ApiError(404, f"model {name!r} has no backend {backend!r}{known}; it is served with: {offered}")
         ready = [served for served in group if served.state == "ready"]
         if ready:

@@ -15,7 +15,16 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-BACKEND_NAMES = ("tensorrt", "onnxruntime", "torch")
+from clda_deploy.artifacts import DEFAULT_RUN, MODEL_FILE, artifact_kinds, variants
+
+# Which way of running a model is each model's default: the fastest that is there.
+PREFERENCE = ("tensorrt", "onnxruntime", "torch")
+
+
+def default_backends() -> tuple[str, ...]:
+    """Every fp32 backend of ``clda_deploy.artifacts``, fastest first (fp16 comes with ``include_fp16``)."""
+    fp32 = [kind.variant for kind in artifact_kinds() if kind.precision == "fp32"]
+    return tuple(sorted(dict.fromkeys(fp32), key=lambda v: PREFERENCE.index(v) if v in PREFERENCE else len(PREFERENCE)))
 
 
 def _split_list(value: Any) -> Any:
@@ -41,7 +50,7 @@ def _split_pairs(value: Any) -> Any:
             name, sep, path = str(item).partition("=")
             if not sep or not name.strip() or not path.strip():
                 raise ValueError(
-                    f"expected NAME=PATH, got {item!r} (e.g. student=runs/default/student/model.safetensors)"
+                    f"expected NAME=PATH, got {item!r} (e.g. student={DEFAULT_RUN / 'student' / MODEL_FILE})"
                 )
             pairs[name.strip()] = path.strip()
         return pairs
@@ -54,11 +63,14 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CLDA_", extra="forbid", frozen=True)
 
     # Where models come from.
-    models: Path = Field(Path("runs/default/export"), description="folder with <name>.onnx / <name>.plan files")
+    models: Path = Field(DEFAULT_RUN / "export", description="folder with <name>.onnx / <name>.plan files")
     backends: Annotated[tuple[str, ...], NoDecode] = Field(
-        BACKEND_NAMES, description="backends to load, in order of preference (the first one is each model's default)"
+        default_factory=default_backends,
+        description="backends to load, in order of preference (the first one is each model's default)",
     )
-    include_fp16: bool = Field(False, description="also serve <name>.fp16.onnx, as model '<name>.fp16'")
+    include_fp16: bool = Field(
+        False, description="also serve <name>.fp16.onnx (and .fp16.plan) as backend onnxruntime-fp16 (tensorrt-fp16)"
+    )
     torch_checkpoints: Annotated[dict[str, Path], NoDecode] = Field(
         default_factory=dict, description="extra torch-backend models: name -> model.safetensors"
     )
@@ -98,11 +110,12 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_backends(cls, value: Any) -> Any:
         value = _split_list(value)
-        unknown = [name for name in value if name not in BACKEND_NAMES]
+        known = list(dict.fromkeys(variants()))
+        unknown = [name for name in value if name not in known]
         if unknown:
-            raise ValueError(f"unknown backend(s) {unknown}; choose from {list(BACKEND_NAMES)}")
+            raise ValueError(f"unknown backend(s) {unknown}; choose from {known}")
         if not value:
-            raise ValueError(f"at least one backend is needed; choose from {list(BACKEND_NAMES)}")
+            raise ValueError(f"at least one backend is needed; choose from {known}")
         return value
 
     @field_validator("torch_checkpoints", mode="before")
@@ -115,6 +128,16 @@ class Settings(BaseSettings):
         if (self.infer_height is None) != (self.infer_width is None):
             raise ValueError("set both infer_height and infer_width (or neither, for native-size inference)")
         return self
+
+    @property
+    def served_backends(self) -> tuple[str, ...]:
+        """``backends``, then with ``include_fp16`` each one's fp16 variant, in preference order."""
+        extra = []
+        if self.include_fp16:
+            half = {kind.backend: kind.variant for kind in artifact_kinds() if kind.precision == "fp16"}
+            fp32_backend = {kind.variant: kind.backend for kind in artifact_kinds()}
+            extra = [half[fp32_backend[name]] for name in self.backends if fp32_backend[name] in half]
+        return tuple(dict.fromkeys((*self.backends, *extra)))
 
     @property
     def infer_size(self) -> tuple[int, int] | None:

@@ -55,7 +55,7 @@ def test_engine_and_sidecar_are_written_together(tmp_path, student_checkpoint):
     import json
 
     from clda_deploy.runtime import info_from_metadata
-    from clda_deploy.tensorrt_runtime import _read_sidecar
+    from clda_deploy.runtime.tensorrt_backend import _read_sidecar
     from export.to_onnx import onnx_metadata
     from export.to_tensorrt import save_engine
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 from clda_deploy.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 from clda_deploy.data.transforms import denormalize_numpy
+from clda_deploy.artifacts import identify
 from clda_deploy.runtime import ModelInfo, Prediction
 from serving.settings import Settings
 
@@ -42,7 +43,7 @@ class FakePredictor:
         self.backend = backend
         self.device = "cpu"
         self.providers = ("CPUExecutionProvider",)
-        self.info = ModelInfo(path.name.split(".")[0], CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, str(path))
+        self.info = ModelInfo(identify(path).model, CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, str(path))
         self.gate = gate
         self.delay = delay
         self.batches: list[tuple[int, ...]] = []
@@ -76,11 +77,11 @@ class FakeLoader:
         self.predictors: dict[str, FakePredictor] = {}
 
     def __call__(self, path: Path, backend: str, device: str, threads: int | None) -> FakePredictor:
-        name = path.name[: -len(path.suffix)]
-        if name in self.fail:
+        artifact = identify(path)
+        if artifact.model in self.fail:
             raise RuntimeError(f"{path} is corrupt")
         predictor = FakePredictor(path, backend, self.gate, self.delay)
-        self.predictors[f"{name}/{backend}"] = predictor
+        self.predictors[f"{artifact.model}/{artifact.variant}"] = predictor
         return predictor
 
 

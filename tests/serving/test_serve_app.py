@@ -183,7 +183,10 @@ def test_discovery_rules(tmp_path):
     loader = FakeLoader()
     app = create_app(make_settings(tmp_path, models=folder, include_fp16=True), loader=loader)
     names = [(s.name, s.backend) for s in app.state.registry.specs]
-    assert names == [("student", "onnxruntime"), ("student.fp16", "onnxruntime"), ("teacher", "onnxruntime")]
+    # student.fp16.onnx is the onnxruntime-fp16 backend of model student, as runtime and bench name it.
+    assert names == [("student", "onnxruntime"), ("student", "onnxruntime-fp16"), ("teacher", "onnxruntime")]
+    app = create_app(make_settings(tmp_path, models=folder), loader=loader)
+    assert ("student", "onnxruntime-fp16") not in [(s.name, s.backend) for s in app.state.registry.specs]
     app = create_app(make_settings(tmp_path, models=folder, default_model="teacher"), loader=loader)
     assert [s.name for s in app.state.registry.specs] == ["teacher", "student"]
     with pytest.raises(NoModelsError, match="does not exist"):

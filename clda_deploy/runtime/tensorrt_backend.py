@@ -1,9 +1,9 @@
 """The TensorRT ``Predictor``: a serialized engine (``.plan``) run on a CUDA GPU.
 
-Kept apart from ``clda_deploy.runtime`` (which loads it lazily) because it is the one backend that
-needs both TensorRT and CUDA. The engine's sidecar ``<plan>.json`` (written by ``python -m export
---tensorrt``) carries the model metadata and the TensorRT version it was built with: engines are
-not portable across TensorRT versions, so a mismatch is refused with a message to rebuild.
+Imported only when a ``.plan`` is loaded: it is the one backend that needs both TensorRT and CUDA.
+The engine's sidecar ``<plan>.json`` (written by ``python -m export --tensorrt``) carries the model
+metadata and the TensorRT version it was built with: engines are not portable across TensorRT
+versions, so a mismatch is refused with a message to rebuild.
 """
 
 from __future__ import annotations
@@ -15,12 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from clda_deploy.runtime import Prediction, RuntimeLoadError, _cuda_device, check_images, info_from_metadata
-
-
-def engine_sidecar(path: str | Path) -> Path:
-    """``student.plan`` -> ``student.plan.json`` (build settings and model metadata)."""
-    return Path(f"{path}.json")
+from clda_deploy.runtime import Prediction, RuntimeLoadError, check_images, cuda_device, info_from_metadata
+from clda_deploy.runtime.metadata import engine_sidecar
 
 
 def _read_sidecar(path: Path, installed: str) -> dict[str, Any]:
@@ -43,6 +39,8 @@ class TensorRTPredictor:
     ``threads`` is accepted for a uniform signature and unused (the GPU does the work)."""
 
     backend = "tensorrt"
+    requires = ("tensorrt", "torch")
+    needs_cuda = True
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None) -> None:
         try:
@@ -54,7 +52,7 @@ class TensorRTPredictor:
             raise RuntimeLoadError(f"{path}: a TensorRT engine needs a CUDA GPU (device {device!r})")
         settings = _read_sidecar(Path(path), trt.__version__)
         self.info = info_from_metadata(settings.get("metadata", {}), path)
-        self.device = _cuda_device(device)
+        self.device = cuda_device(device)
         self.providers = (f"tensorrt-{trt.__version__}",)
         # The logger and runtime must outlive the engine; one context serves one call at a time.
         self._torch, self._logger, self._lock = torch, trt.Logger(trt.Logger.WARNING), threading.Lock()

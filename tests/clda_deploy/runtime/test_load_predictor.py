@@ -13,16 +13,15 @@ from clda_deploy.config import load_config
 from clda_deploy.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 from clda_deploy.runtime import (
     ModelInfo,
-    OnnxRuntimePredictor,
     Prediction,
     Predictor,
     RuntimeLoadError,
-    TorchPredictor,
     available_backends,
     load_predictor,
-    model_name,
 )
-from clda_deploy.tensorrt_runtime import _read_sidecar
+from clda_deploy.runtime.onnxruntime_backend import OnnxRuntimePredictor
+from clda_deploy.runtime.tensorrt_backend import _read_sidecar
+from clda_deploy.runtime.torch_backend import TorchPredictor
 
 SMALL = ["model.encoder=mit_cpu_student", "model.head_channels=32"]
 
@@ -38,7 +37,8 @@ def files(tmp_path_factory):
     cfg = load_config(None, SMALL)
     torch.manual_seed(0)
     model = build_segmenter(cfg.model.encoder, cfg.model.head, cfg.model.num_classes, head_channels=32).eval()
-    checkpoint = save_model(folder / "model.safetensors", model, cfg, role="student")
+    (folder / "student").mkdir()
+    checkpoint = save_model(folder / "student" / "model.safetensors", model, cfg, role="student")
     onnx_path = export_onnx(checkpoint, folder / "student.onnx", "student")
     return {"checkpoint": checkpoint, "onnx": onnx_path, "fp16": convert_fp16(onnx_path, folder / "student.fp16.onnx")}
 
@@ -62,9 +62,11 @@ def test_suffix_picks_the_implementation(files):
 def test_metadata_round_trips_into_model_info(files):
     for key in ("onnx", "fp16"):
         info = load_predictor(files[key], device="cpu").info
-        assert info == ModelInfo("student", CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, str(files[key]))
+        precision = "fp16" if key == "fp16" else "fp32"
+        assert info == ModelInfo("student", CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, str(files[key]), precision)
     torch_info = load_predictor(files["checkpoint"], device="cpu").info
-    assert torch_info.classes == CITYSCAPES_CLASSES and torch_info.name == "model"
+    # A run folder's model.safetensors is named after its folder, as the service and the bench name it.
+    assert torch_info.classes == CITYSCAPES_CLASSES and torch_info.name == "student"
 
 
 def test_predictions_agree_across_backends(files):
@@ -107,7 +109,7 @@ def test_bad_input_is_a_value_error(files, bad, message):
 
 
 def test_unknown_extension_missing_file_and_backend_mismatch(files, tmp_path):
-    with pytest.raises(RuntimeLoadError, match=r"model\.pt: unknown model file type '\.pt'"):
+    with pytest.raises(RuntimeLoadError, match=r"model\.pt: unknown model file type; expected .*\.safetensors"):
         load_predictor(tmp_path / "model.pt")
     with pytest.raises(RuntimeLoadError, match="model file not found: .*absent.onnx"):
         load_predictor(tmp_path / "absent.onnx")
@@ -168,11 +170,6 @@ def test_available_backends_reports_reasons():
     assert backends["torch"] is None
     reason = backends["tensorrt"]
     assert reason is None or reason.startswith("tensorrt: ")
-
-
-def test_model_name_strips_precision_suffix():
-    assert model_name("runs/x/student.fp16.onnx") == "student"
-    assert model_name("teacher.plan") == "teacher"
 
 
 def test_import_is_light():

@@ -1,0 +1,245 @@
+"""The file contract between the stages (DESIGN §3), spelled once: what each model file is, and
+where a run folder keeps what.
+
+Stages pass work only as files. ``ARTIFACT_KINDS`` says, per file suffix, which runtime backend
+loads the file and in which precision it computes; ``identify(path)`` turns any model file into
+one ``Artifact`` (model name, backend, precision), so training, export, the service and the bench
+give a file the same model name. ``RunLayout`` names the folders and files of ``runs/<name>/``.
+
+Torch-free on purpose: the service and the bench read this on hosts that only have a runtime.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from clda_deploy.errors import CldaError
+
+DEFAULT_RUN = Path("runs/default")
+ROLES = ("teacher", "student")  # the two trained models of a run, in report order
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+# A model name is one file-name token: the dot separates it from the precision (``student.fp16``).
+MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+# Files inside one training run folder (``runs/<name>/{teacher,student}/``).
+MODEL_FILE = "model.safetensors"
+CHECKPOINT_FILE = "checkpoint.pt"
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+METRICS_LOG = "metrics.jsonl"
+SALIENCY_FILE = "saliency.json"
+MAPPING_FILE = "mapping.json"
+TEACHER_AFTER_MODEL = "teacher_updated.safetensors"  # the student run's S->T-updated teacher
+TEACHER_AFTER_METRICS = "teacher_metrics.json"
+PARITY_INDEX = "parity.json"  # export folder: model name -> that model's parity record
+
+
+class ArtifactError(CldaError, ValueError):
+    """A path is not a model file this project knows; the message lists the known suffixes."""
+
+
+@dataclass(frozen=True)
+class ArtifactKind:
+    """One kind of model file: its suffix, the runtime backend that loads it and its precision."""
+
+    suffix: str  # e.g. ".fp16.onnx"; matched against the end of the file name, longest first
+    backend: str  # the runtime backend that loads it: torch | onnxruntime | tensorrt
+    precision: str  # what it computes in: one of PRECISIONS
+    predictor: str  # "module:Class" of the predictor that loads it (imported only when used)
+
+    @property
+    def variant(self) -> str:
+        """The backend plus the precision when not fp32 (``onnxruntime-fp16``): what the bench's rows
+        and the service's ``backend`` parameter call one way of running a model."""
+        return self.backend if self.precision == "fp32" else f"{self.backend}-{self.precision}"
+
+
+# Every model file the stages write or read. One row per kind: adding a backend or a quantized
+# variant is one row here and one predictor class in clda_deploy.runtime.
+_TORCH = "clda_deploy.runtime.torch_backend:TorchPredictor"
+_ORT = "clda_deploy.runtime.onnxruntime_backend:OnnxRuntimePredictor"
+_TENSORRT = "clda_deploy.runtime.tensorrt_backend:TensorRTPredictor"
+ARTIFACT_KINDS: tuple[ArtifactKind, ...] = (
+    ArtifactKind(".safetensors", "torch", "fp32", _TORCH),
+    ArtifactKind(".onnx", "onnxruntime", "fp32", _ORT),
+    ArtifactKind(".fp16.onnx", "onnxruntime", "fp16", _ORT),
+    ArtifactKind(".plan", "tensorrt", "fp32", _TENSORRT),
+    ArtifactKind(".fp16.plan", "tensorrt", "fp16", _TENSORRT),
+)
+
+
+def artifact_kinds() -> tuple[ArtifactKind, ...]:
+    """The table, read at call time (so a test that adds a row is seen by every consumer)."""
+    return ARTIFACT_KINDS
+
+
+def backends() -> tuple[str, ...]:
+    """Runtime backends, in table order."""
+    return tuple(dict.fromkeys(kind.backend for kind in artifact_kinds()))
+
+
+def variants() -> tuple[str, ...]:
+    """Every ``variant`` label, in table order."""
+    return tuple(kind.variant for kind in artifact_kinds())
+
+
+def kind_of(path: str | Path) -> ArtifactKind | None:
+    """The kind whose suffix ends ``path``'s file name (the longest match), or None."""
+    name = Path(path).name.lower()
+    matches = [kind for kind in artifact_kinds() if name.endswith(kind.suffix) and len(name) > len(kind.suffix)]
+    return max(matches, key=lambda kind: len(kind.suffix), default=None)
+
+
+def kind_for(backend: str, precision: str = "fp32") -> ArtifactKind:
+    """The kind a backend writes in ``precision`` (its first row in the table)."""
+    for kind in artifact_kinds():
+        if kind.backend == backend and kind.precision == precision:
+            return kind
+    known = ", ".join(f"{kind.backend}/{kind.precision}" for kind in artifact_kinds())
+    raise ArtifactError(f"no model file kind for backend {backend!r} in {precision!r}; known: {known}")
+
+
+def kind_of_variant(variant: str) -> ArtifactKind:
+    """The kind a ``variant`` label names (``onnxruntime-fp16`` -> ``.fp16.onnx``)."""
+    for kind in artifact_kinds():
+        if kind.variant == variant:
+            return kind
+    raise ArtifactError(f"unknown backend {variant!r}; choose from {', '.join(dict.fromkeys(variants()))}")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A model file and what it is: ``student.fp16.onnx`` is model ``student`` run by onnxruntime in fp16."""
+
+    model: str
+    kind: ArtifactKind
+    path: Path
+
+    @property
+    def backend(self) -> str:
+        return self.kind.backend
+
+    @property
+    def precision(self) -> str:
+        return self.kind.precision
+
+    @property
+    def variant(self) -> str:
+        return self.kind.variant
+
+
+def check_model_name(name: str) -> str:
+    """``name`` when it is a valid model name, else an ``ArtifactError`` saying why."""
+    if not MODEL_NAME_PATTERN.match(name):
+        raise ArtifactError(
+            f"model name must be letters, digits, '_' or '-' and start with a letter or digit (no dots: "
+            f"'.fp16' marks the precision), got {name!r}"
+        )
+    return name
+
+
+def identify(path: str | Path, model: str | None = None) -> Artifact:
+    """What ``path`` is. The model name is the file name without the kind's suffix, except for a
+    run folder's ``model.safetensors``, which is named after its folder (``runs/x/student`` ->
+    ``student``); ``model`` names it explicitly (``--model student=PATH``)."""
+    path = Path(path)
+    kind = kind_of(path)
+    if kind is None:
+        suffixes = ", ".join(kind.suffix for kind in artifact_kinds())
+        raise ArtifactError(f"{path}: unknown model file type; expected a file ending in one of {suffixes}")
+    if model is None:
+        model = path.parent.name if path.name == MODEL_FILE else path.name[: -len(kind.suffix)]
+        if "." in model:  # e.g. student.int8.onnx while no .int8.onnx kind exists
+            tag = model.rsplit(".", 1)[1]
+            raise ArtifactError(
+                f"{path}: no model file kind has the precision tag {tag!r}; known suffixes: "
+                + ", ".join(kind.suffix for kind in artifact_kinds())
+            )
+    return Artifact(model, kind, path)
+
+
+def model_file_name(model: str, kind: ArtifactKind) -> str:
+    """``("student", .fp16.onnx kind)`` -> ``student.fp16.onnx``."""
+    return check_model_name(model) + kind.suffix
+
+
+def parity_record_name(model: str) -> str:
+    """The per-model parity record in an export folder (``student.parity.json``)."""
+    return f"{model}.parity.json"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where ``runs/<name>/`` keeps what: one folder per training stage, ``export/`` for deployable
+    files and ``bench/`` for benchmark reports (DESIGN §3)."""
+
+    root: Path = DEFAULT_RUN
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    def stage(self, role: str) -> Path:
+        """A training stage's run folder (``teacher`` or ``student``)."""
+        return self.root / role
+
+    def model(self, role: str) -> Path:
+        return self.stage(role) / MODEL_FILE
+
+    def checkpoint(self, role: str) -> Path:
+        return self.stage(role) / CHECKPOINT_FILE
+
+    def metrics(self, role: str) -> Path:
+        return self.stage(role) / METRICS_FILE
+
+    @property
+    def teacher_after(self) -> Path:
+        """The teacher as the student stage's S->T updates left it."""
+        return self.stage("student") / TEACHER_AFTER_MODEL
+
+    @property
+    def export(self) -> Path:
+        return self.root / "export"
+
+    @property
+    def bench(self) -> Path:
+        return self.root / "bench"
+
+    @property
+    def analysis(self) -> Path:
+        return self.root / "analysis"
+
+    @property
+    def cost(self) -> Path:
+        return self.root / "cost"
+
+    def exported(self, model: str, kind: ArtifactKind) -> Path:
+        """``export/<model><suffix>``."""
+        return self.export / model_file_name(model, kind)
+
+    def trained_models(self) -> list[Artifact]:
+        """The ``model.safetensors`` of each role that exists, in ``ROLES`` order."""
+        return [identify(self.model(role)) for role in ROLES if self.model(role).is_file()]
+
+    def exported_models(self, folder: Path | None = None) -> list[Artifact]:
+        """Every known model file in ``folder`` (default ``export/``), by name."""
+        folder = self.export if folder is None else folder
+        if not folder.is_dir():
+            return []
+        found = [path for path in sorted(folder.iterdir()) if path.is_file() and kind_of(path) is not None]
+        return [identify(path) for path in found]
+
+
+def discover_artifacts(folder: str | Path) -> list[Artifact]:
+    """The model files of ``folder``: a run folder (``teacher/``, ``student/`` and ``export/``) or an
+    export folder itself; each file once."""
+    layout = RunLayout(Path(folder))
+    found = layout.trained_models() + layout.exported_models() + layout.exported_models(layout.root)
+    return list({artifact.path.resolve(): artifact for artifact in found}.values())
+
+
+def order_key(artifact: Artifact) -> tuple[int, str, int]:
+    """Report order: teacher, student, then other names; within a model, table order."""
+    role = ROLES.index(artifact.model) if artifact.model in ROLES else len(ROLES)
+    return role, artifact.model, artifact_kinds().index(artifact.kind)
