@@ -18,9 +18,9 @@ import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from clda_deploy.artifacts import identify
 from clda_deploy.data.labels import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE
 from clda_deploy.data.transforms import denormalize_numpy
-from clda_deploy.artifacts import identify
 from clda_deploy.runtime import ModelInfo, Prediction
 from serving.settings import Settings
 
