@@ -14,21 +14,20 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 from serving_testkit import image_bytes, random_image, wait_ready
 
-pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[serve])")
-pytest.importorskip("export.to_onnx", reason="the export stage is not available")
-torch = pytest.importorskip("torch")
-pytestmark = pytest.mark.slow  # exports a model in a subprocess (~15 s on a 2-core CPU)
+from clda_deploy import build_segmenter, load_segmenter
+from clda_deploy.checkpoint import save_model
+from clda_deploy.config import load_config
+from clda_deploy.data.transforms import preprocess_numpy
+from serving.app import create_app
+from serving.settings import Settings
 
-from clda_deploy import build_segmenter, load_segmenter  # noqa: E402
-from clda_deploy.checkpoint import save_model  # noqa: E402
-from clda_deploy.config import load_config  # noqa: E402
-from clda_deploy.data.transforms import preprocess_numpy  # noqa: E402
-from serving.app import create_app  # noqa: E402
-from serving.settings import Settings  # noqa: E402
+pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e .[serve])")
+pytestmark = pytest.mark.slow  # exports a model in a subprocess (~15 s on a 2-core CPU)
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["model.encoder=mit_cpu_student", "model.head_channels=32"]
