@@ -13,8 +13,8 @@ from functools import partial
 
 import numpy as np
 
-from clda_deploy.data.synthetic_furniture import place_street_furniture, pole_item
-from clda_deploy.data.synthetic_objects import (
+from clda_deploy.data.synthcity.furniture import place_street_furniture, pole_item
+from clda_deploy.data.synthcity.objects import (
     Camera,
     Canvas,
     TrainId,
@@ -26,7 +26,7 @@ from clda_deploy.data.synthetic_objects import (
     pick_color,
     shade,
 )
-from clda_deploy.data.synthetic_street import (
+from clda_deploy.data.synthcity.street import (
     SIDES,
     STREET_LAYER,
     Item,
@@ -39,7 +39,7 @@ from clda_deploy.data.synthetic_street import (
     sample_street,
     tree_item,
 )
-from clda_deploy.data.synthetic_style import DomainStyle
+from clda_deploy.data.synthcity.style import DomainStyle
 
 SCHEDULE_PERIOD = 40
 NUM_CLASSES = 19

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from clda_deploy.data.synthetic_style import Color, DomainStyle
+from clda_deploy.data.synthcity.style import Color, DomainStyle
 
 
 class TrainId:

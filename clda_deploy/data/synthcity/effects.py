@@ -15,7 +15,7 @@ import math
 import numpy as np
 from PIL import Image
 
-from clda_deploy.data.synthetic_style import DomainStyle
+from clda_deploy.data.synthcity.style import DomainStyle
 
 SMOOTH, ASPHALT, BRICKS, STRIPES, TILES, FOLIAGE, CLOUDS, GRASS, FABRIC = range(9)
 # trainId -> material: road, sidewalk, building, wall, fence, pole, light, sign, vegetation, terrain,
