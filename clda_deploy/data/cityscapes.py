@@ -79,8 +79,8 @@ def labelled_samples(images: list[Path], image_dir: Path, label_dir: Path) -> li
     missing = [image for image, sample in zip(images, samples, strict=True) if sample is None]
     if missing:
         raise DatasetError(
-            f"{len(missing)} image(s) in {image_dir} have no *{CITYSCAPES_LABELID_SUFFIX} (or *{CITYSCAPES_TRAINID_SUFFIX}) in "
-            f"{label_dir}/<city>/: {listing(path.name for path in missing)}"
+            f"{len(missing)} image(s) in {image_dir} have no *{CITYSCAPES_LABELID_SUFFIX} "
+            f"(or *{CITYSCAPES_TRAINID_SUFFIX}) in {label_dir}/<city>/: {listing(path.name for path in missing)}"
         )
     stems = {cityscapes_stem(image) for image in images}
     labels = [*label_dir.glob(f"*/*{CITYSCAPES_LABELID_SUFFIX}"), *label_dir.glob(f"*/*{CITYSCAPES_TRAINID_SUFFIX}")]
