@@ -47,3 +47,20 @@ def test_fixed_seed_writes_the_golden_benchmark(tmp_path: Path) -> None:
     generate_synthcity(out, 3, 3, 2, 64, 128, seed=3, workers=1, gap=1.0, progress=False)
     assert GENERATOR_VERSION == GOLDEN_VERSION, "a new generator version needs a new golden digest"
     assert folder_digest(out) == GOLDEN_DIGEST, "the output changed: bump GENERATOR_VERSION and the golden values"
+
+
+def test_the_default_benchmark_of_version_3_is_reused(tmp_path: Path) -> None:
+    """The record ``make data`` wrote for data/synthcity (parameters copied from it) is still accepted,
+    so the benchmark and the models trained on it stay valid; nothing is rendered."""
+    out = tmp_path / "synthcity"
+    out.mkdir()
+    parameters = {
+        "num_source": 2000, "num_target": 1000, "num_val": 200, "height": 256, "width": 512,
+        "seed": 0, "gap": 1.0, "version": 3,
+    }  # fmt: skip
+    summary = {"counts": {"source": 2000, "target_train": 1000, "target_val": 200}, "size": [256, 512]}
+    record = {"generator": "synthcity", "parameters": parameters, "summary": summary}
+    (out / "synthcity.json").write_text(json.dumps(record, indent=2))
+    result = generate_synthcity(out, progress=False)
+    assert result["reused"] is True and result["counts"] == summary["counts"]
+    assert sorted(path.name for path in out.iterdir()) == ["synthcity.json"]
