@@ -53,7 +53,7 @@ data: $(DATA)/synthcity.json
 # Rechecked when the generator's code changes: the same benchmark is reused untouched (so nothing
 # downstream retrains), and a folder written by another generator version is refused with a message
 # saying so, rather than silently trained on.
-$(DATA)/synthcity.json: $(wildcard clda_deploy/data/synthetic*.py) | $(STAMP)
+$(DATA)/synthcity.json: $(wildcard clda_deploy/data/synthcity/*.py) clda_deploy/data/labels.py clda_deploy/data/layouts.py | $(STAMP)
 	$(PY) -m training data --out $(DATA)
 
 $(TEACHER): training/configs/synthcity_daformer.yaml $(DATA)/synthcity.json | $(STAMP)

@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "data":
-            from clda_deploy.data.synthetic import generate_synthcity
+            from clda_deploy.data.synthcity import generate_synthcity
 
             generate_synthcity(
                 args.out,

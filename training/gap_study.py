@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from clda_deploy.checkpoint import atomic_write
-from clda_deploy.data.synthetic_style import (
+from clda_deploy.data.synthcity.style import (
     SOURCE_STYLE,
     STREET_STYLE,
     STYLE_GROUPS,
@@ -76,7 +76,7 @@ def score_style(
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, float]:
     """mIoU of each predictor on target-val scenes ``0 .. images-1`` rendered in ``style``."""
-    from clda_deploy.data.synthetic import render_styled
+    from clda_deploy.data.synthcity import render_styled
     from clda_deploy.data.transforms import preprocess
     from clda_deploy.inference import resize_logits
     from clda_deploy.metrics import ConfusionMeter, mean_iou

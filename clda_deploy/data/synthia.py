@@ -22,15 +22,15 @@ from tqdm import tqdm
 
 from clda_deploy.config import DatasetConfig
 from clda_deploy.data.base import (
-    png_files,
-    require_png_images,
     DatasetError,
     SegmentationDataset,
     check_sizes,
     identity_lut,
     is_writable_dir,
     pair_by_key,
+    png_files,
     require_dir,
+    require_png_images,
     root_hash,
     user_cache_dir,
 )

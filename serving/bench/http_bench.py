@@ -76,7 +76,7 @@ def request_image(settings: HttpSettings) -> tuple[bytes, np.ndarray, str]:
             raise BenchError(f"--image not found: {path}")
         data = path.read_bytes()
         return data, np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), str(path)
-    from clda_deploy.data.synthetic import render_scene
+    from clda_deploy.data.synthcity import render_scene
 
     rgb, _ = render_scene(seed=0, index=0, domain="target", height=settings.size[0], width=settings.size[1])
     buffer = io.BytesIO()

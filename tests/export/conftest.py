@@ -23,7 +23,7 @@ def student_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def val_root(tmp_path_factory) -> Path:
     """A 4-image SynthCity target-val set at 64x128 (Cityscapes layout)."""
-    from clda_deploy.data.synthetic import generate_synthcity
+    from clda_deploy.data.synthcity import generate_synthcity
 
     out = tmp_path_factory.mktemp("synthcity")
     generate_synthcity(out, num_source=2, num_target=2, num_val=4, height=64, width=128, workers=1, progress=False)

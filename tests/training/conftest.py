@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from clda_deploy.data.synthetic import generate_synthcity
+from clda_deploy.data.synthcity import generate_synthcity
 
 
 @pytest.fixture(scope="session")

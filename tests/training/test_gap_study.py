@@ -12,8 +12,8 @@ import torch
 from clda_deploy import build_segmenter
 from clda_deploy.checkpoint import save_model
 from clda_deploy.config import load_config
-from clda_deploy.data.synthetic import render_styled
-from clda_deploy.data.synthetic_style import SOURCE_STYLE, STREET_STYLE, STYLE_GROUPS, TARGET_STYLE, with_groups
+from clda_deploy.data.synthcity import render_styled
+from clda_deploy.data.synthcity.style import SOURCE_STYLE, STREET_STYLE, STYLE_GROUPS, TARGET_STYLE, with_groups
 from training.__main__ import main
 from training.gap_study import gap_variants, parse_models, score_style
 
@@ -107,8 +107,8 @@ def test_no_model_is_an_error():
 
 
 def test_render_styled_matches_the_benchmark_and_names_a_bad_split():
-    from clda_deploy.data.synthetic import render_scene
-    from clda_deploy.data.synthetic_style import resolve_style
+    from clda_deploy.data.synthcity import render_scene
+    from clda_deploy.data.synthcity.style import resolve_style
 
     image, labels = render_styled(0, 3, "target", resolve_style("target", 1.0), *SIZE)
     expected_image, expected_labels = render_scene(0, 3, "target", *SIZE)

@@ -19,7 +19,7 @@ SMALL = ["model.encoder=mit_cpu_student", "model.head_channels=32"]
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """``python -m training data --source 2 --target 2 --val 4 --height 64 --width 128``, in-process."""
-    from clda_deploy.data.synthetic import generate_synthcity
+    from clda_deploy.data.synthcity import generate_synthcity
 
     out = tmp_path_factory.mktemp("bench_data") / "synthcity"
     generate_synthcity(out, num_source=2, num_target=2, num_val=4, height=64, width=128, workers=1, progress=False)

@@ -11,6 +11,8 @@ import dataclasses
 import functools
 from dataclasses import dataclass
 
+from clda_deploy.data.labels import CITYSCAPES_CLASSES
+
 Color = tuple[int, int, int]
 
 MATERIALS_PER_CLASS = 4  # colour variants per class; a scene draws each instance from them
@@ -21,7 +23,7 @@ class DomainStyle:
     """Appearance and camera knobs of one domain (ranges are sampled uniformly per image)."""
 
     name: str
-    palette: tuple[tuple[Color, ...], ...]  # [19 classes][MATERIALS_PER_CLASS] RGB
+    palette: tuple[tuple[Color, ...], ...]  # [trainId][MATERIALS_PER_CLASS] RGB
     window_color: Color
     tyre_color: Color
     skin_color: Color
@@ -46,30 +48,37 @@ def _rgb(*colors: Color) -> tuple[Color, ...]:
     return tuple(colors)
 
 
+def _palette_in_class_order(by_class: dict[str, tuple[Color, ...]]) -> tuple[tuple[Color, ...], ...]:
+    """The palette indexed by trainId, in the class order of ``clda_deploy.data.labels`` (the one place
+    that order is spelled); written by class name so that no table here depends on remembering it."""
+    assert set(by_class) == set(CITYSCAPES_CLASSES), sorted(set(by_class) ^ set(CITYSCAPES_CLASSES))
+    return tuple(by_class[name] for name in CITYSCAPES_CLASSES)
+
+
 # fmt: off
 SOURCE_STYLE = DomainStyle(
     name="source",
-    palette=(
-        _rgb((60, 62, 96), (68, 70, 108), (56, 58, 86), (74, 72, 112)),  # road: dark blue-grey
-        _rgb((228, 176, 140), (236, 190, 150), (214, 160, 120), (240, 200, 166)),  # sidewalk
-        _rgb((236, 204, 120), (214, 120, 90), (128, 176, 216), (226, 150, 176)),  # building
-        _rgb((186, 186, 80), (168, 146, 70), (206, 206, 112), (176, 166, 92)),  # wall
-        _rgb((214, 84, 40), (190, 64, 30), (230, 110, 54), (200, 96, 64)),  # fence
-        _rgb((200, 204, 226), (214, 214, 232), (186, 192, 218), (226, 226, 240)),  # pole
-        _rgb((246, 206, 0), (236, 186, 0), (250, 220, 40), (230, 196, 20)),  # traffic light
-        _rgb((255, 40, 40), (40, 84, 255), (255, 222, 0), (250, 250, 250)),  # traffic sign
-        _rgb((40, 200, 40), (62, 184, 30), (30, 164, 62), (84, 214, 52)),  # vegetation
-        _rgb((164, 226, 80), (184, 206, 60), (144, 204, 92), (174, 234, 104)),  # terrain
-        _rgb((70, 152, 255), (90, 172, 250), (60, 132, 242), (100, 182, 255)),  # sky
-        _rgb((255, 60, 60), (60, 60, 255), (255, 204, 0), (0, 204, 124)),  # person
-        _rgb((255, 124, 0), (204, 0, 204), (0, 222, 222), (255, 0, 124)),  # rider
-        _rgb((224, 24, 24), (24, 84, 224), (242, 242, 242), (250, 204, 0)),  # car
-        _rgb((244, 124, 0), (24, 154, 64), (204, 204, 226), (134, 64, 164)),  # truck
-        _rgb((255, 222, 0), (0, 164, 232), (232, 44, 44), (44, 204, 84)),  # bus
-        _rgb((0, 204, 204), (232, 0, 124), (124, 224, 0), (255, 144, 0)),  # train
-        _rgb((255, 0, 255), (0, 255, 184), (255, 84, 0), (44, 44, 255)),  # motorcycle
-        _rgb((0, 232, 84), (255, 0, 84), (0, 184, 255), (255, 164, 0)),  # bicycle
-    ),
+    palette=_palette_in_class_order({
+        "road": _rgb((60, 62, 96), (68, 70, 108), (56, 58, 86), (74, 72, 112)),  # dark blue-grey
+        "sidewalk": _rgb((228, 176, 140), (236, 190, 150), (214, 160, 120), (240, 200, 166)),
+        "building": _rgb((236, 204, 120), (214, 120, 90), (128, 176, 216), (226, 150, 176)),
+        "wall": _rgb((186, 186, 80), (168, 146, 70), (206, 206, 112), (176, 166, 92)),
+        "fence": _rgb((214, 84, 40), (190, 64, 30), (230, 110, 54), (200, 96, 64)),
+        "pole": _rgb((200, 204, 226), (214, 214, 232), (186, 192, 218), (226, 226, 240)),
+        "traffic light": _rgb((246, 206, 0), (236, 186, 0), (250, 220, 40), (230, 196, 20)),
+        "traffic sign": _rgb((255, 40, 40), (40, 84, 255), (255, 222, 0), (250, 250, 250)),
+        "vegetation": _rgb((40, 200, 40), (62, 184, 30), (30, 164, 62), (84, 214, 52)),
+        "terrain": _rgb((164, 226, 80), (184, 206, 60), (144, 204, 92), (174, 234, 104)),
+        "sky": _rgb((70, 152, 255), (90, 172, 250), (60, 132, 242), (100, 182, 255)),
+        "person": _rgb((255, 60, 60), (60, 60, 255), (255, 204, 0), (0, 204, 124)),
+        "rider": _rgb((255, 124, 0), (204, 0, 204), (0, 222, 222), (255, 0, 124)),
+        "car": _rgb((224, 24, 24), (24, 84, 224), (242, 242, 242), (250, 204, 0)),
+        "truck": _rgb((244, 124, 0), (24, 154, 64), (204, 204, 226), (134, 64, 164)),
+        "bus": _rgb((255, 222, 0), (0, 164, 232), (232, 44, 44), (44, 204, 84)),
+        "train": _rgb((0, 204, 204), (232, 0, 124), (124, 224, 0), (255, 144, 0)),
+        "motorcycle": _rgb((255, 0, 255), (0, 255, 184), (255, 84, 0), (44, 44, 255)),
+        "bicycle": _rgb((0, 232, 84), (255, 0, 84), (0, 184, 255), (255, 164, 0)),
+    }),
     window_color=(150, 222, 255), tyre_color=(34, 30, 40), skin_color=(255, 204, 164),
     marking_color=(255, 255, 255), trunk_color=(134, 84, 30), haze_color=(226, 238, 255),
     color_jitter=10.0, texture_strength=0.04, illumination_gradient=0.0, shadow_strength=0.0,

@@ -13,8 +13,9 @@ from functools import partial
 
 import numpy as np
 
-from clda_deploy.data.synthetic_furniture import place_street_furniture, pole_item
-from clda_deploy.data.synthetic_objects import (
+from clda_deploy.data.labels import NUM_CLASSES
+from clda_deploy.data.synthcity.furniture import place_street_furniture, pole_item
+from clda_deploy.data.synthcity.objects import (
     Camera,
     Canvas,
     TrainId,
@@ -26,7 +27,7 @@ from clda_deploy.data.synthetic_objects import (
     pick_color,
     shade,
 )
-from clda_deploy.data.synthetic_street import (
+from clda_deploy.data.synthcity.street import (
     SIDES,
     STREET_LAYER,
     Item,
@@ -39,10 +40,9 @@ from clda_deploy.data.synthetic_street import (
     sample_street,
     tree_item,
 )
-from clda_deploy.data.synthetic_style import DomainStyle
+from clda_deploy.data.synthcity.style import DomainStyle
 
 SCHEDULE_PERIOD = 40
-NUM_CLASSES = 19
 FALLBACK_LAYER = -1  # items drawn only when their scheduled class ended up hidden
 VEHICLE_HALF_WIDTHS = {TrainId.CAR: 0.9, TrainId.TRUCK: 1.25, TrainId.BUS: 1.3, TrainId.TRAIN: 1.35}
 

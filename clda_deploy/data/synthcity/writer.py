@@ -1,14 +1,14 @@
-"""SynthCity: a procedural two-domain street-scene benchmark (DESIGN.md §5).
+"""SynthCity on disk: the benchmark folder, in the GTA5 and Cityscapes layouts (DESIGN.md §5).
 
 No dataset can be downloaded where this project runs, so it generates one: street scenes with the 19
 Cityscapes classes, a "game" source domain written in the GTA5 layout and a "street" target domain
-written in the Cityscapes layout, with a real, tunable domain gap (``gap``). Every image is a pure
-function of (seed, stream, index), so datasets are reproducible and can be generated in parallel.
+written in the Cityscapes layout, with a real, tunable domain gap (``gap``). The file names come from
+``clda_deploy.data.layouts`` and the class order from ``clda_deploy.data.labels``, the spellings the
+loaders read, so the embedded default exercises the real loaders and id maps.
 """
 
 from __future__ import annotations
 
-from clda_deploy.errors import CldaError
 import json
 import multiprocessing
 import os
@@ -23,15 +23,23 @@ from PIL import Image
 from tqdm import tqdm
 
 from clda_deploy.data.labels import CITYSCAPES_CLASSES, NUM_CLASSES, trainid_to_labelid_lut
-from clda_deploy.data.synthetic_effects import apply_style
-from clda_deploy.data.synthetic_scene import render_layout, scheduled_classes
-from clda_deploy.data.synthetic_style import DomainStyle, resolve_style
+from clda_deploy.data.layouts import (
+    CITYSCAPES_IMAGE_DIR,
+    CITYSCAPES_LABEL_DIR,
+    GTA5_IMAGE_DIR,
+    GTA5_LABEL_DIR,
+    cityscapes_paths,
+    cityscapes_stem_of,
+    gta5_paths,
+)
+from clda_deploy.data.synthcity.render import STREAMS, check_gap, check_integer, check_positive, render
+from clda_deploy.data.synthcity.style import resolve_style
+from clda_deploy.errors import CldaError
 
-DOMAINS = ("source", "target")
-GAP_RANGE = (0.0, 1.5)
-GENERATOR_VERSION = 3  # bump when rendering changes, so that old folders are not mistaken for new ones
-# Seed streams: target-train and target-val never share a scene with each other or with the source.
-STREAMS = {"source": 0, "target": 1, "val": 2}
+# Stored in synthcity.json and compared on reuse: bump it when rendering or the layout changes, so
+# that old folders are not mistaken for new ones. An explicit number rather than a hash of the code,
+# so that moving or reformatting the code keeps every existing benchmark (and model trained on it) valid.
+GENERATOR_VERSION = 3
 TRAIN_CITIES = ("polyburg", "meshfurt", "voxelheim")
 VAL_CITIES = ("rasterdam", "texelsee")
 PNG_COMPRESSION = 1  # speed over size: the default benchmark is written in well under two minutes
@@ -46,84 +54,29 @@ class OutputExistsError(CldaError, FileExistsError, ValueError):
     """
 
 
-def _check_integer(name: str, value: int, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        kind = "a positive" if minimum == 1 else "a non-negative"
-        raise ValueError(f"{name} must be {kind} integer, got {value!r}")
-
-
-def _check_positive(name: str, value: int) -> None:
-    _check_integer(name, value, minimum=1)
-
-
-def _check_gap(gap: float) -> None:
-    if not isinstance(gap, (int, float, np.floating)) or not GAP_RANGE[0] <= float(gap) <= GAP_RANGE[1]:
-        raise ValueError(f"gap must be a number in [{GAP_RANGE[0]}, {GAP_RANGE[1]}], got {gap!r}")
-
-
-def _render(seed: int, stream: int, index: int, style: DomainStyle, height: int, width: int) -> tuple[np.ndarray, ...]:
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), stream, int(index)]))
-    rgb, labels, shadow, camera = render_layout(rng, style, height, width, scheduled_classes(index))
-    return apply_style(rgb, labels, shadow, style, rng, camera.horizon_y), labels
-
-
-def render_styled(
-    seed: int, index: int, split: str, style: DomainStyle, height: int = 256, width: int = 512
-) -> tuple[np.ndarray, np.ndarray]:
-    """Image ``index`` of ``split``'s random stream ("source", "target" or "val") rendered with any
-    ``style``: (rgb uint8 [H,W,3], trainIds uint8 [H,W]). With the split's own style it is the
-    benchmark's image; with another it shows what a change of style alone does (``python -m
-    training gap``)."""
-    if split not in STREAMS:
-        raise ValueError(f"split must be one of {tuple(STREAMS)}, got {split!r}")
-    _check_positive("height", height)
-    _check_positive("width", width)
-    _check_integer("seed", seed, minimum=0)
-    _check_integer("index", index, minimum=0)
-    return _render(seed, STREAMS[split], index, style, height, width)
-
-
-def render_scene(
-    seed: int, index: int, domain: str, height: int = 256, width: int = 512, gap: float = 1.0
-) -> tuple[np.ndarray, np.ndarray]:
-    """One SynthCity image: (rgb uint8 [H,W,3], trainIds uint8 [H,W] in 0..18).
-
-    ``domain`` is "source" (game style) or "target" (street style, moved by ``gap``: 0 renders it
-    with the source style, 1 with the default target style, up to 1.5 exaggerates the gap). The
-    target domain here is the target-train stream; ``generate_synthcity`` also renders a disjoint
-    validation stream.
-    """
-    if domain not in DOMAINS:
-        raise ValueError(f"domain must be one of {DOMAINS}, got {domain!r}")
-    _check_gap(gap)
-    return render_styled(seed, index, domain, resolve_style(domain, gap), height, width)
-
-
 def cityscapes_name(split: str, index: int) -> tuple[str, str]:
     """(city, file stem) of target image ``index``, e.g. ("polyburg", "polyburg_000012_000019")."""
     cities = TRAIN_CITIES if split == "train" else VAL_CITIES
     city = cities[index % len(cities)]
     # Like Cityscapes: one annotated frame (the 20th, number 19) per sequence.
-    return city, f"{city}_{index // len(cities):06d}_000019"
+    return city, cityscapes_stem_of(city, index // len(cities), 19)
 
 
 def relative_paths(split: str, index: int) -> tuple[str, str]:
     """(image, label) paths of one sample relative to the benchmark folder."""
     if split == "source":
-        return f"source/images/{index:05d}.png", f"source/labels/{index:05d}.png"
+        image, label = gta5_paths(f"{index:05d}.png")
+        return f"source/{image}", f"source/{label}"
     folder = "train" if split == "target" else "val"
-    city, stem = cityscapes_name(folder, index)
-    return (
-        f"target/leftImg8bit/{folder}/{city}/{stem}_leftImg8bit.png",
-        f"target/gtFine/{folder}/{city}/{stem}_gtFine_labelIds.png",
-    )
+    image, label = cityscapes_paths(folder, *cityscapes_name(folder, index))
+    return f"target/{image}", f"target/{label}"
 
 
 def _write_sample(task: tuple[str, str, int, int, int, int, float]) -> tuple[str, np.ndarray]:
     """Worker: render one sample, write image and labelId PNGs; returns (split, class pixel counts)."""
     root, split, index, seed, height, width, gap = task
     style = resolve_style("source" if split == "source" else "target", gap)
-    image, labels = _render(seed, STREAMS[split], index, style, height, width)
+    image, labels = render(seed, STREAMS[split], index, style, height, width)
     image_path, label_path = (Path(root) / path for path in relative_paths(split, index))
     Image.fromarray(image).save(image_path, compress_level=PNG_COMPRESSION)
     Image.fromarray(LABEL_ID_LUT[labels]).save(label_path, compress_level=PNG_COMPRESSION)
@@ -131,12 +84,12 @@ def _write_sample(task: tuple[str, str, int, int, int, int, float]) -> tuple[str
 
 
 def _make_folders(root: Path, counts: dict[str, int]) -> None:
-    (root / "source" / "images").mkdir(parents=True)
-    (root / "source" / "labels").mkdir(parents=True)
+    (root / "source" / GTA5_IMAGE_DIR).mkdir(parents=True)
+    (root / "source" / GTA5_LABEL_DIR).mkdir(parents=True)
     for split, folder, cities in (("target", "train", TRAIN_CITIES), ("val", "val", VAL_CITIES)):
         for city in cities[: counts[split]]:
-            (root / "target" / "leftImg8bit" / folder / city).mkdir(parents=True)
-            (root / "target" / "gtFine" / folder / city).mkdir(parents=True)
+            (root / "target" / CITYSCAPES_IMAGE_DIR / folder / city).mkdir(parents=True)
+            (root / "target" / CITYSCAPES_LABEL_DIR / folder / city).mkdir(parents=True)
 
 
 def _existing(out: Path, parameters: dict[str, Any]) -> dict[str, Any] | None:
@@ -192,9 +145,9 @@ def _run_tasks(tasks: list[tuple], workers: int, progress: bool) -> dict[str, np
 def _parameters(counts: dict[str, int], height: int, width: int, seed: int, gap: float) -> dict[str, Any]:
     """Validated generation parameters, as stored in synthcity.json (raises ValueError naming the argument)."""
     for name, value in (*counts.items(), ("height", height), ("width", width)):
-        _check_positive(name, value)
-    _check_gap(gap)
-    _check_integer("seed", seed, minimum=0)
+        check_positive(name, value)
+    check_gap(gap)
+    check_integer("seed", seed, minimum=0)
     sizes = {"height": int(height), "width": int(width), "seed": int(seed), "gap": float(gap)}
     return {**{name: int(value) for name, value in counts.items()}, **sizes, "version": GENERATOR_VERSION}
 
@@ -222,7 +175,7 @@ def generate_synthcity(
         {"num_source": num_source, "num_target": num_target, "num_val": num_val}, height, width, seed, gap
     )
     if workers is not None:
-        _check_positive("workers", workers)
+        check_positive("workers", workers)
     out = Path(out)
     stored = _existing(out, parameters)
     if stored is not None:

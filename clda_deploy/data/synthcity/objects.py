@@ -13,14 +13,34 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from clda_deploy.data.synthetic_style import Color, DomainStyle
+from clda_deploy.data.labels import CITYSCAPES_CLASSES
+from clda_deploy.data.synthcity.style import Color, DomainStyle
 
 
 class TrainId:
-    """Cityscapes trainIds (the order of clda_deploy.data.labels) under readable names."""
+    """Cityscapes trainIds under readable names. The numbers are looked up in the class order of
+    ``clda_deploy.data.labels``, the one place it is spelled, so the labels drawn here are the ids
+    the writer maps to labelIds and the loaders map back."""
 
-    ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, TRAFFIC_LIGHT, TRAFFIC_SIGN, VEGETATION, TERRAIN = range(10)
-    SKY, PERSON, RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE = range(10, 19)
+    ROAD = CITYSCAPES_CLASSES.index("road")
+    SIDEWALK = CITYSCAPES_CLASSES.index("sidewalk")
+    BUILDING = CITYSCAPES_CLASSES.index("building")
+    WALL = CITYSCAPES_CLASSES.index("wall")
+    FENCE = CITYSCAPES_CLASSES.index("fence")
+    POLE = CITYSCAPES_CLASSES.index("pole")
+    TRAFFIC_LIGHT = CITYSCAPES_CLASSES.index("traffic light")
+    TRAFFIC_SIGN = CITYSCAPES_CLASSES.index("traffic sign")
+    VEGETATION = CITYSCAPES_CLASSES.index("vegetation")
+    TERRAIN = CITYSCAPES_CLASSES.index("terrain")
+    SKY = CITYSCAPES_CLASSES.index("sky")
+    PERSON = CITYSCAPES_CLASSES.index("person")
+    RIDER = CITYSCAPES_CLASSES.index("rider")
+    CAR = CITYSCAPES_CLASSES.index("car")
+    TRUCK = CITYSCAPES_CLASSES.index("truck")
+    BUS = CITYSCAPES_CLASSES.index("bus")
+    TRAIN = CITYSCAPES_CLASSES.index("train")
+    MOTORCYCLE = CITYSCAPES_CLASSES.index("motorcycle")
+    BICYCLE = CITYSCAPES_CLASSES.index("bicycle")
 
 
 Point = tuple[float, float]

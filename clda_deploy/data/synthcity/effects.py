@@ -15,18 +15,23 @@ import math
 import numpy as np
 from PIL import Image
 
-from clda_deploy.data.synthetic_style import DomainStyle
+from clda_deploy.data.labels import NUM_CLASSES
+from clda_deploy.data.synthcity.objects import TrainId
+from clda_deploy.data.synthcity.style import DomainStyle
 
 SMOOTH, ASPHALT, BRICKS, STRIPES, TILES, FOLIAGE, CLOUDS, GRASS, FABRIC = range(9)
-# trainId -> material: road, sidewalk, building, wall, fence, pole, light, sign, vegetation, terrain,
-# sky, person, rider, car, truck, bus, train, motorcycle, bicycle.
-CLASS_MATERIAL = np.array(
-    [ASPHALT, TILES, BRICKS, BRICKS, STRIPES, FABRIC, SMOOTH, SMOOTH, FOLIAGE, GRASS]
-    + [CLOUDS, FABRIC, FABRIC, SMOOTH, STRIPES, SMOOTH, SMOOTH, SMOOTH, SMOOTH],
-    dtype=np.intp,
-)
+# The procedural material (texture) each class is painted with.
+_MATERIAL_OF = {
+    TrainId.ROAD: ASPHALT, TrainId.SIDEWALK: TILES, TrainId.BUILDING: BRICKS, TrainId.WALL: BRICKS,
+    TrainId.FENCE: STRIPES, TrainId.POLE: FABRIC, TrainId.TRAFFIC_LIGHT: SMOOTH, TrainId.TRAFFIC_SIGN: SMOOTH,
+    TrainId.VEGETATION: FOLIAGE, TrainId.TERRAIN: GRASS, TrainId.SKY: CLOUDS, TrainId.PERSON: FABRIC,
+    TrainId.RIDER: FABRIC, TrainId.CAR: SMOOTH, TrainId.TRUCK: STRIPES, TrainId.BUS: SMOOTH,
+    TrainId.TRAIN: SMOOTH, TrainId.MOTORCYCLE: SMOOTH, TrainId.BICYCLE: SMOOTH,
+}  # fmt: skip
+assert sorted(_MATERIAL_OF) == list(range(NUM_CLASSES)), "every class needs a material"
+CLASS_MATERIAL = np.array([_MATERIAL_OF[train_id] for train_id in range(NUM_CLASSES)], dtype=np.intp)
 GROUND_CLASSES = np.zeros(256, dtype=bool)
-GROUND_CLASSES[[0, 1, 9]] = True  # road, sidewalk, terrain receive cast shadows
+GROUND_CLASSES[[TrainId.ROAD, TrainId.SIDEWALK, TrainId.TERRAIN]] = True  # they receive cast shadows
 
 
 def _smooth_noise(rng: np.random.Generator, height: int, width: int, cell: float) -> np.ndarray:

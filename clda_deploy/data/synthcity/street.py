@@ -13,8 +13,8 @@ from functools import partial
 
 import numpy as np
 
-from clda_deploy.data.synthetic_objects import Camera, Canvas, TrainId, pick_color, shade
-from clda_deploy.data.synthetic_style import Color
+from clda_deploy.data.synthcity.objects import Camera, Canvas, TrainId, pick_color, shade
+from clda_deploy.data.synthcity.style import Color
 
 Item = tuple[int, float, Callable[[Canvas], None]]
 OUTER_LAYER, KERB_LAYER, STREET_LAYER = 1, 2, 3  # building line, sidewalk edge, street

@@ -10,9 +10,9 @@ from functools import partial
 
 import numpy as np
 
-from clda_deploy.data.synthetic_objects import Canvas, TrainId, pick_color, shade
-from clda_deploy.data.synthetic_street import SIDES, STREET_LAYER, Item, Street, barrier_item, rectangle, tree_item
-from clda_deploy.data.synthetic_style import Color
+from clda_deploy.data.synthcity.objects import Canvas, TrainId, pick_color, shade
+from clda_deploy.data.synthcity.street import SIDES, STREET_LAYER, Item, Street, barrier_item, rectangle, tree_item
+from clda_deploy.data.synthcity.style import Color
 
 SIGNAL_COLORS = ((255, 40, 30), (255, 190, 0), (40, 255, 120))
 POLE_HEIGHTS = {
