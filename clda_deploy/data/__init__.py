@@ -21,6 +21,7 @@ __all__ = ["DATASET_FORMATS", "DatasetNotFoundError", "build_dataset"]
 class DatasetNotFoundError(CldaError, FileNotFoundError):
     """A configured dataset folder does not exist; the message names the config key and the path."""
 
+
 # format -> (module, builder function)
 _BUILDERS = {
     "gta5": ("clda_deploy.data.gta5", "build_gta5"),
