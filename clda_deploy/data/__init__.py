@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-from clda_deploy.config import DATASET_FORMATS, DatasetConfig
+from clda_deploy.config import DATASET_FORMATS, ConfigError, DatasetConfig
 
 if TYPE_CHECKING:
     from clda_deploy.data.base import SegmentationDataset
@@ -59,7 +59,7 @@ def check_roots(datasets: dict[str, DatasetConfig]) -> None:
 
     for key, cfg in datasets.items():
         if not Path(cfg.root).is_dir():
-            raise FileNotFoundError(
+            raise ConfigError(
                 f"{key}.root: dataset folder not found: {cfg.root} (format {cfg.format}); "
                 "for the embedded benchmark run `make data` or `python -m training data`"
             )

@@ -46,10 +46,14 @@ class OutputExistsError(CldaError, FileExistsError, ValueError):
     """
 
 
+class GeneratorArgumentError(CldaError, ValueError):
+    """A generator argument (image counts, size, seed, gap) out of range; the message names it and its range."""
+
+
 def _check_integer(name: str, value: int, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         kind = "a positive" if minimum == 1 else "a non-negative"
-        raise ValueError(f"{name} must be {kind} integer, got {value!r}")
+        raise GeneratorArgumentError(f"{name} must be {kind} integer, got {value!r}")
 
 
 def _check_positive(name: str, value: int) -> None:
@@ -58,7 +62,7 @@ def _check_positive(name: str, value: int) -> None:
 
 def _check_gap(gap: float) -> None:
     if not isinstance(gap, (int, float, np.floating)) or not GAP_RANGE[0] <= float(gap) <= GAP_RANGE[1]:
-        raise ValueError(f"gap must be a number in [{GAP_RANGE[0]}, {GAP_RANGE[1]}], got {gap!r}")
+        raise GeneratorArgumentError(f"gap must be a number in [{GAP_RANGE[0]}, {GAP_RANGE[1]}], got {gap!r}")
 
 
 def _render(seed: int, stream: int, index: int, style: DomainStyle, height: int, width: int) -> tuple[np.ndarray, ...]:
