@@ -10,7 +10,7 @@ from clda_deploy.results_doc import section_markers
 from training.__main__ import main
 from training.teacher import train_teacher
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CONFIGS = REPO / "training" / "configs"
 
 
