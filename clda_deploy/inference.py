@@ -13,7 +13,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from clda_deploy.errors import CldaError
+
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class DeviceUnavailableError(CldaError, RuntimeError):
+    """The requested device does not exist on this machine; the message says which device to use."""
 
 
 def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -82,5 +88,5 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use --set train.device=cpu")
+        raise DeviceUnavailableError(f"device {name!r} requested but CUDA is not available; use --set train.device=cpu")
     return torch.device(name)

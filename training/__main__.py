@@ -1,7 +1,8 @@
 """``python -m training {data,teacher,student,eval,analyze,ablation,baselines,gap}``: stage 1's command line.
 
 Every command validates its config and inputs before any work and reports problems as one
-``error: ...`` line with exit status 2 (DESIGN §3, §4).
+``error: ...`` line with exit status 2 (DESIGN §3, §4): those are ``CldaError`` (clda_deploy/errors.py).
+Any other exception (a shape mismatch, CUDA out of memory, a bug) keeps its traceback.
 """
 
 from __future__ import annotations
@@ -140,8 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from clda_deploy.checkpoint import CheckpointError
-    from clda_deploy.config import ConfigError
+    from clda_deploy.config import load_config
+    from clda_deploy.errors import CldaError
+    from training.run import run_dir_for
 
     try:
         if args.command == "data":
@@ -161,13 +163,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "teacher":
             from training.teacher import run_teacher
 
-            run_teacher(args.config, args.overrides, args.out, args.resume)
+            run_teacher(load_config(args.config, args.overrides), run_dir_for(args.out, "teacher"), args.resume)
         elif args.command == "student":
             from training.student import run_student
 
-            run_student(args.config, args.teacher, args.overrides, args.out, args.resume)
+            cfg = load_config(args.config, args.overrides)
+            run_student(cfg, args.teacher, run_dir_for(args.out, "student"), args.resume)
         elif args.command == "analyze":
-            from training.analyze import run_analysis
+            from training.studies.analyze import run_analysis
 
             run_analysis(
                 args.kind,
@@ -180,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                 weights=args.weights,
             )
         elif args.command == "ablation":
-            from training.ablation import run_ablation
+            from training.studies.ablation import run_ablation
 
             run_ablation(
                 args.config,
@@ -196,11 +199,11 @@ def main(argv: list[str] | None = None) -> int:
                 signed=args.signed,
             )
         elif args.command == "baselines":
-            from training.baselines import run_baselines
+            from training.studies.baselines import run_baselines
 
             run_baselines(args.config, args.overrides, args.seeds, args.runs, args.json, args.out)
         elif args.command == "gap":
-            from training.gap_study import run_gap_study
+            from training.studies.gap_study import run_gap_study
 
             command = "python -m training " + " ".join(shlex.quote(arg) for arg in (argv or sys.argv[1:]))
             run_gap_study(
@@ -216,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             from training.evaluate import run_eval
 
             run_eval(args.checkpoint, args.config, args.overrides, args.out, args.save_predictions)
-    except (ConfigError, CheckpointError, ValueError, FileNotFoundError, RuntimeError, FloatingPointError) as exc:
+    except CldaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -15,7 +15,8 @@ import shutil
 from pathlib import Path
 
 from clda_deploy.config import Config, config_to_dict, stage_iterations
-from training.teacher import RESUMABLE_CHANGES, config_differences, flatten
+from training.errors import UsageError
+from training.run import RESUMABLE_CHANGES, config_differences, flatten
 
 # Keys a fork may change besides those a resume may change: what separates the ablation's rows.
 FORKABLE_CHANGES = ("clda.mapping", "clda.alpha", "clda.saliency_rule")
@@ -29,7 +30,7 @@ def fork_student(snapshot: Path, cfg: Config, run_dir: Path, saliency_from: Path
     at T2 on the unchanged teacher and the same images) a fork at T2 reuses instead of measuring again;
     only the saliency rule is applied anew.
 
-    Raises ValueError when ``cfg`` differs from the snapshot's config in anything but the forkable keys,
+    Raises UsageError when ``cfg`` differs from the snapshot's config in anything but the forkable keys,
     or when the snapshot's point cannot serve ``cfg``'s mapping mode (``forked_task_state``)."""
     from clda_deploy.uda.clda import forked_task_state
     from training.loop import CHECKPOINT
@@ -42,19 +43,19 @@ def fork_student(snapshot: Path, cfg: Config, run_dir: Path, saliency_from: Path
     resumable = tuple(key for key in RESUMABLE_CHANGES if key != "train.iters")
     details = config_differences(state["config"], cfg, resumable, FORKABLE_CHANGES)
     if details:
-        raise ValueError(
+        raise UsageError(
             f"cannot fork {snapshot}: the runs differ in more than {', '.join(FORKABLE_CHANGES)} ({details})"
         )
     t2, t3 = stage_iterations(cfg)
     iteration = int(state["iteration"])
     if old.get("clda.saliency_rule") != new.get("clda.saliency_rule") and iteration > t2:
-        raise ValueError(f"cannot fork {snapshot} (iteration {iteration}) to another clda.saliency_rule: "
+        raise UsageError(f"cannot fork {snapshot} (iteration {iteration}) to another clda.saliency_rule: "
                          f"the non-salient blocks are picked at T2 = {t2}; fork at T2")  # fmt: skip
     state["task"] = forked_task_state(state["task"], cfg.clda.mapping, t2, t3, iteration)
     if saliency_from is not None:
         measured = load_checkpoint(saliency_from)
         if flatten(measured["config"]).get("clda.saliency_data") != new.get("clda.saliency_data"):
-            raise ValueError(f"{saliency_from} measured LSR on other images (clda.saliency_data)")
+            raise UsageError(f"{saliency_from} measured LSR on other images (clda.saliency_data)")
         if measured["task"]["saliency"] is not None and state["task"]["picked"] is None:
             state["task"]["measured_saliency"] = measured["task"]["saliency"]
     state["config"] = config_to_dict(cfg)

@@ -30,6 +30,7 @@ from clda_deploy.evaluation import evaluate
 from clda_deploy.metrics import mean_iou
 from clda_deploy.uda.task import Task
 from training.distributed import DistInfo, barrier
+from training.errors import TrainingDivergedError
 from training.optim import build_optimizer, build_scheduler
 from training.state import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 
@@ -270,7 +271,7 @@ class Trainer:
     def _log(self, sums: dict[str, float], count: int, rate: float, bar: tqdm) -> None:
         means = {key: value / max(count, 1) for key, value in sums.items()}
         if not math.isfinite(means.get("loss", 0.0)):
-            raise FloatingPointError(
+            raise TrainingDivergedError(
                 f"the loss became {means['loss']} by iteration {self.iteration}: lower train.lr or set "
                 "train.grad_clip (the last checkpoint is still intact)"
             )

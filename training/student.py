@@ -13,9 +13,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from clda_deploy.config import Config, ConfigError, check_student_schedule, load_config, save_config
+from clda_deploy.config import Config, ConfigError, check_student_schedule
+from training.run import (
+    build_datasets,
+    check_resumable,
+    run_loop,
+    save_run_config,
+    start_devices,
+    stream_factories,
+    write_outputs,
+)
 
-DEFAULT_OUT = "runs/default/student"
 INIT_FILE = "student_init.json"  # {student block: teacher block} of a teacher-initialised student
 
 
@@ -117,20 +125,16 @@ def initialise_student(cfg: Config, teacher: Any, student: Any, batches: list[An
 
 
 def prepare_student(cfg: Config, teacher_path: str, run_dir: Path, resume: bool) -> tuple[Any, Any]:
-    from clda_deploy.checkpoint import build_for_training, load_segmenter
-    from clda_deploy.inference import resolve_device
+    """Steps 1-4: validated inputs for the loop and the distributed context."""
+    from clda_deploy.checkpoint import build_for_training, file_sha256, load_segmenter
     from clda_deploy.uda.clda import CLDATask
     from clda_deploy.uda.mapping import check_compatible
-    from training.distributed import device_for, init_distributed
-    from training.loop import CHECKPOINT, LoopInputs
-    from training.state import load_checkpoint, seed_everything
-    from training.teacher import build_datasets, check_resumable, stream_factories
+    from training.loop import LoopInputs
+    from training.state import seed_everything
 
     if resume:
-        check_resumable(load_checkpoint(run_dir / CHECKPOINT)["config"], cfg, run_dir / CHECKPOINT)
-    device = resolve_device(cfg.train.device)
-    dist = init_distributed(device)
-    device = device_for(device, dist)
+        check_resumable(cfg, run_dir)
+    device, dist = start_devices(cfg)
     teacher = load_segmenter(teacher_path, device=device)
     seed_everything(cfg.train.seed)
     student = build_for_training(cfg, resume)
@@ -140,13 +144,9 @@ def prepare_student(cfg: Config, teacher_path: str, run_dir: Path, resume: bool)
     batches = saliency_batches(cfg, datasets)
     if not resume:
         initialise_student(cfg, teacher, student, batches, run_dir if dist.is_main else None)
-    from clda_deploy.checkpoint import file_sha256
-
     task = CLDATask(cfg, teacher, batches, run_dir, is_main=dist.is_main, source_batches=source_saliency_batches(cfg),
                     teacher_sha256=file_sha256(teacher_path), rank=dist.rank)  # fmt: skip
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+    save_run_config(cfg, run_dir, dist)
     streams = stream_factories(cfg, datasets, task.domains, dist)
     return LoopInputs(cfg, student, task, streams, datasets["val"], run_dir, device, dist), datasets["val"]
 
@@ -189,15 +189,11 @@ def train_student(
     (``evaluate_teacher=False`` skips the updated teacher's evaluation, for ablation rows that only
     score the student; ``snapshots``: iterations whose resume state is kept for forks)."""
     from training.distributed import shutdown
-    from training.loop import Trainer
-    from training.teacher import write_outputs
 
     inputs, val = prepare_student(cfg, teacher_path, run_dir, resume)
     inputs.snapshots = tuple(snapshots)
     try:
-        result = Trainer(inputs).run(resume=resume)
-        if result.interrupted:
-            raise KeyboardInterrupt
+        result = run_loop(inputs, resume)
         student_metrics: dict[str, Any] = {}
         teacher_metrics: dict[str, Any] = {}
         if inputs.dist.is_main:
@@ -225,13 +221,9 @@ def check_student_config(cfg: Config, teacher: str) -> None:
         check_init(cfg.model.init, cfg)
 
 
-def run_student(
-    config_path: str, teacher: str, overrides: list[str], out: str | None, resume: bool, evaluate_teacher: bool = True
-) -> dict:
+def run_student(cfg: Config, teacher: str, run_dir: Path, resume: bool = False, evaluate_teacher: bool = True) -> dict:
     """The ``student`` command: validates config, data folders and the teacher before training."""
-    cfg = load_config(config_path, overrides)
     check_student_config(cfg, teacher)
-    run_dir = Path(out or DEFAULT_OUT)
     _, student, updated = train_student(cfg, teacher, run_dir, resume, evaluate_teacher)
     if student:
         dose = student["clda"]

@@ -9,17 +9,12 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-from clda_deploy.config import DATASET_FORMATS, DatasetConfig
-from clda_deploy.errors import CldaError
+from clda_deploy.config import DATASET_FORMATS, ConfigError, DatasetConfig
 
 if TYPE_CHECKING:
     from clda_deploy.data.base import SegmentationDataset
 
-__all__ = ["DATASET_FORMATS", "DatasetNotFoundError", "build_dataset"]
-
-
-class DatasetNotFoundError(CldaError, FileNotFoundError):
-    """A configured dataset folder does not exist; the message names the config key and the path."""
+__all__ = ["DATASET_FORMATS", "build_dataset"]
 
 
 # format -> (module, builder function)
@@ -65,7 +60,7 @@ def check_roots(datasets: dict[str, DatasetConfig]) -> None:
 
     for key, cfg in datasets.items():
         if not Path(cfg.root).is_dir():
-            raise DatasetNotFoundError(
+            raise ConfigError(
                 f"{key}.root: dataset folder not found: {cfg.root} (format {cfg.format}); "
                 "for the embedded benchmark run `make data` or `python -m training data`"
             )

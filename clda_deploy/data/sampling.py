@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from clda_deploy.data.base import SegmentationDataset, is_writable_dir, root_hash, user_cache_dir
+from clda_deploy.config import ConfigError
+from clda_deploy.data.base import DatasetError, SegmentationDataset, is_writable_dir, root_hash, user_cache_dir
 
 REFERENCE_PIXELS = 1280 * 720  # GTA5 as resized by DAFormer
 MIN_PIXELS = 3000  # DAFormer rcs_min_pixels: an image joins class c's pool above this
@@ -142,11 +143,11 @@ class RareClassSampler:
         crop_min_pixels: int = CROP_MIN_PIXELS,
     ) -> None:
         if temperature <= 0:
-            raise ValueError(f"rare class sampling temperature must be positive, got {temperature}")
+            raise ConfigError(f"rare class sampling temperature must be positive, got {temperature}")
         counts = stats.counts[:, :num_classes].astype(np.float64)
         total = counts.sum(axis=0)
         if total.sum() <= 0:
-            raise ValueError("rare class sampling: the labels contain no labelled pixel at all")
+            raise DatasetError("rare class sampling: the labels contain no labelled pixel at all")
         self.num_classes, self.stats, self.reference_pixels = num_classes, stats, reference_pixels
         self.crop_min_pixels = crop_min_pixels
         self.class_frequencies = total / total.sum()
@@ -157,7 +158,7 @@ class RareClassSampler:
         self.pools = {c: np.flatnonzero(qualifying[:, c]) for c in present if qualifying[:, c].any()}
         self.skipped_classes = [c for c in present if c not in self.pools]
         if not self.pools:
-            raise ValueError(f"rare class sampling: no image holds > {min_pixels} pixels (at 1280x720) of any class")
+            raise DatasetError(f"rare class sampling: no image holds > {min_pixels} pixels (at 1280x720) of any class")
         if self.skipped_classes:
             print(f"rare class sampling: classes {self.skipped_classes} have no image above the threshold; skipped")
         self.classes = np.asarray(sorted(self.pools), dtype=np.int64)

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from clda_deploy.config import SIMILARITY_MAPPINGS, Config, stage_iterations
+from clda_deploy.errors import CldaError
 from clda_deploy.losses import pixel_weighted_cross_entropy
 from clda_deploy.uda.daformer import unwrap
 from clda_deploy.uda.ema import ema_update_pairs
@@ -39,6 +40,10 @@ from clda_deploy.uda.saliency import is_salient, reference_for, teacher_saliency
 from clda_deploy.uda.task import Batch
 
 SALIENCY_KEYS = ("block", "lsr", "delta", "salient", "rule", "delta_source", "lsr_source")
+
+
+class TeacherMismatchError(CldaError, ValueError):
+    """A run resumed with another teacher file than it was trained from; the message says what to pass."""
 
 
 def full_precision(device: torch.device) -> Any:
@@ -213,7 +218,7 @@ class CLDATask:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = state.get("teacher_sha256")
         if saved is not None and self.teacher_sha256 is not None and saved != self.teacher_sha256:
-            raise ValueError(
+            raise TeacherMismatchError(
                 f"the checkpoint was trained from teacher sha256 {saved}, but --teacher is now a file with sha256 "
                 f"{self.teacher_sha256}: resume with the original teacher file or start a new run"
             )

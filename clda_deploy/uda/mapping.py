@@ -16,6 +16,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from clda_deploy.data.labels import IGNORE_INDEX
+from clda_deploy.errors import CldaError
 from clda_deploy.inference import resize_logits
 from clda_deploy.metrics import ConfusionMeter, mean_iou
 from clda_deploy.models.segmenter import Segmenter
@@ -45,24 +46,32 @@ def same_stage_candidates(teacher_block: str, student_block_names: Iterable[str]
     return sorted((name for name in student_block_names if stage_of(name) == stage), key=_forward_key)
 
 
+class IncompatibleModelsError(CldaError, ValueError):
+    """A teacher and a student that cannot exchange block weights; the message names the stage and the fix."""
+
+
 def check_compatible(teacher: Segmenter, student: Segmenter) -> None:
-    """Raise ValueError naming the first stage whose blocks cannot exchange weights (Eq. 8 copies them
+    """Raise IncompatibleModelsError naming the first stage whose blocks cannot exchange weights (Eq. 8 copies them
     block to block): width, head count, spatial-reduction ratio and every block tensor shape must agree."""
     t_enc, s_enc = teacher.encoder, student.encoder
     hint = "CLDA copies weights block to block: pick a student with the teacher's stage widths and heads"
     if len(t_enc.depths) != len(s_enc.depths):
-        raise ValueError(f"teacher has {len(t_enc.depths)} stages, student {len(s_enc.depths)}; {hint}")
+        raise IncompatibleModelsError(f"teacher has {len(t_enc.depths)} stages, student {len(s_enc.depths)}; {hint}")
     for index in range(len(t_enc.depths)):
         for what, attribute in (("width", "embed_dims"), ("heads", "num_heads"), ("sr_ratio", "sr_ratios")):
             t_value, s_value = getattr(t_enc, attribute)[index], getattr(s_enc, attribute)[index]
             if t_value != s_value:
-                raise ValueError(f"stage {index + 1}: teacher {what} {t_value}, student {what} {s_value}; {hint}")
+                raise IncompatibleModelsError(
+                    f"stage {index + 1}: teacher {what} {t_value}, student {what} {s_value}; {hint}"
+                )
         t_shapes, s_shapes = (
             [(key, tuple(value.shape)) for key, value in enc.stages[index].blocks[0].state_dict().items()]
             for enc in (t_enc, s_enc)
         )
         if t_shapes != s_shapes:
-            raise ValueError(f"stage {index + 1}: teacher and student block tensors differ in shape; {hint}")
+            raise IncompatibleModelsError(
+                f"stage {index + 1}: teacher and student block tensors differ in shape; {hint}"
+            )
 
 
 def split_batches(images: Batches, labels: Tensor | None = None) -> list[tuple[Tensor, Any]]:

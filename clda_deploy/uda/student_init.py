@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from clda_deploy.models.segmenter import Segmenter, block_name
+from clda_deploy.uda.mapping import IncompatibleModelsError
 
 __all__ = ["evenly_spaced", "most_salient", "student_block_sources", "initialise_from_teacher"]
 
@@ -26,7 +27,9 @@ def evenly_spaced(teacher_depth: int, student_depth: int) -> list[int]:
     the depths), ending with the stage's last block, which feeds the stage norm and the next stage.
     ``evenly_spaced(6, 2) == [2, 5]``, ``evenly_spaced(2, 1) == [1]``, equal depths give the identity."""
     if not 1 <= student_depth <= teacher_depth:
-        raise ValueError(f"a stage of {student_depth} student blocks cannot start from {teacher_depth} teacher blocks")
+        raise IncompatibleModelsError(
+            f"a stage of {student_depth} student blocks cannot start from {teacher_depth} teacher blocks"
+        )
     step = teacher_depth / student_depth
     return [teacher_depth - 1 - math.floor((student_depth - 1 - i) * step + 0.5) for i in range(student_depth)]
 
@@ -36,7 +39,9 @@ def most_salient(saliency: Sequence[Mapping[str, Any]], stage: int, count: int) 
     target mIoU (largest signed delta of Eq. 2), in forward order."""
     rows = [row for row in saliency if row["block"].startswith(f"stage{stage}.")]
     if len(rows) < count:
-        raise ValueError(f"stage {stage}: saliency lists {len(rows)} teacher blocks, the student needs {count}")
+        raise IncompatibleModelsError(
+            f"stage {stage}: saliency lists {len(rows)} teacher blocks, the student needs {count}"
+        )
     ranked = sorted(rows, key=lambda row: -float(row["delta"]))[:count]
     return sorted(int(row["block"].split(".block")[1]) for row in ranked)
 

@@ -94,3 +94,27 @@ def test_eval_errors_are_one_clear_line(checkpoint, tmp_path, capsys):
 def test_data_rejects_bad_arguments(tmp_path, capsys):
     assert main(["data", "--out", str(tmp_path / "x"), "--source", "0", *SIZE]) == 2
     assert "num_source" in capsys.readouterr().err
+
+
+def test_a_bug_keeps_its_traceback_instead_of_an_error_line(monkeypatch, capsys):
+    """Only CldaError is a user-facing one-line error; a RuntimeError from inside a command (a shape
+    mismatch, CUDA out of memory) propagates with its traceback."""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr("training.evaluate.run_eval", broken)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        main(["eval", "--checkpoint", "any.safetensors"])
+    assert "error:" not in capsys.readouterr().err
+
+
+def test_a_project_error_from_inside_a_command_is_one_line(monkeypatch, capsys):
+    from training.errors import UsageError
+
+    def refused(*args, **kwargs):
+        raise UsageError("--model expects NAME=PATH")
+
+    monkeypatch.setattr("training.evaluate.run_eval", refused)
+    assert main(["eval", "--checkpoint", "any.safetensors"]) == 2
+    assert capsys.readouterr().err == "error: --model expects NAME=PATH\n"

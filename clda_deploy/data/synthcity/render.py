@@ -12,6 +12,7 @@ import numpy as np
 from clda_deploy.data.synthcity.effects import apply_style
 from clda_deploy.data.synthcity.scene import render_layout, scheduled_classes
 from clda_deploy.data.synthcity.style import DomainStyle, resolve_style
+from clda_deploy.errors import CldaError
 
 DOMAINS = ("source", "target")
 GAP_RANGE = (0.0, 1.5)
@@ -19,22 +20,26 @@ GAP_RANGE = (0.0, 1.5)
 STREAMS = {"source": 0, "target": 1, "val": 2}
 
 
+class GeneratorArgumentError(CldaError, ValueError):
+    """A generator argument (image counts, size, seed, gap) out of range; the message names it and its range."""
+
+
 def check_integer(name: str, value: int, minimum: int) -> None:
-    """Raise ValueError naming ``name`` unless ``value`` is an integer >= ``minimum`` (bools are not)."""
+    """Raise GeneratorArgumentError naming ``name`` unless ``value`` is an integer >= ``minimum`` (bools are not)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         kind = "a positive" if minimum == 1 else "a non-negative"
-        raise ValueError(f"{name} must be {kind} integer, got {value!r}")
+        raise GeneratorArgumentError(f"{name} must be {kind} integer, got {value!r}")
 
 
 def check_positive(name: str, value: int) -> None:
-    """Raise ValueError naming ``name`` unless ``value`` is a positive integer."""
+    """Raise GeneratorArgumentError naming ``name`` unless ``value`` is a positive integer."""
     check_integer(name, value, minimum=1)
 
 
 def check_gap(gap: float) -> None:
-    """Raise ValueError unless ``gap`` is a number in ``GAP_RANGE``."""
+    """Raise GeneratorArgumentError unless ``gap`` is a number in ``GAP_RANGE``."""
     if not isinstance(gap, (int, float, np.floating)) or not GAP_RANGE[0] <= float(gap) <= GAP_RANGE[1]:
-        raise ValueError(f"gap must be a number in [{GAP_RANGE[0]}, {GAP_RANGE[1]}], got {gap!r}")
+        raise GeneratorArgumentError(f"gap must be a number in [{GAP_RANGE[0]}, {GAP_RANGE[1]}], got {gap!r}")
 
 
 def render(

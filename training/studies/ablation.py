@@ -9,6 +9,10 @@ Rows, each a student of ``-c``'s config trained from the same teacher file:
   ``--signed`` ``clda_signed`` (channel mapping, ``clda.saliency_rule: signed``);
 - ``teacher_before`` (the given teacher) and ``teacher_after`` (after each ``clda_channel`` run's S->T).
 
+Each row's config is the ``-c`` config (with its ``--set`` pairs) plus the row's typed values
+(``row_values``, applied with ``training.run.override``); the student rows train through the student
+command's functions, the independent row through the teacher command's.
+
 Cost: per (seed, init) one prefix run (the ``clda_channel`` config up to T3) keeps snapshots at T2 and
 T3, and every student row forks from them (training/fork.py): the student trains identically in every
 mode up to T3, so the rows share that prefix exactly and differ only in what they change. ``--shard K/N`` runs the
@@ -29,6 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from clda_deploy.checkpoint import atomic_write
+from clda_deploy.config import Config
+from training.errors import UsageError
+from training.run import override
 
 INITS = ("random", "teacher")
 MAIN_ROWS = ("independent_student", "kd_only", "clda_random", "clda_channel")
@@ -47,15 +54,20 @@ DEFAULT_PLACEBO_ALPHA = 0.99999  # 1 - alpha^steps stays below 0.01 for a few hu
 class Plan:
     """What one ablation trains: the inputs every run shares."""
 
-    config: str
-    teacher: str
+    config: str  # the -c file and its --set pairs, as the results record them
     overrides: tuple[str, ...]
+    base: Config  # load_config(config, overrides): what every row's config starts from
+    teacher: str
     seeds: tuple[int, ...]
     extra_seeds: tuple[int, ...]
     runs: Path
-    config_init: str  # the config's own clda.student_init: the init of the extra rows
     placebo_alpha: float = DEFAULT_PLACEBO_ALPHA
     optional_rows: tuple[str, ...] = ()
+
+    @property
+    def config_init(self) -> str:
+        """The config's own ``clda.student_init``: the init of the extra rows."""
+        return self.base.clda.student_init
 
     def run_dir(self, row: str, init: str, seed: int) -> Path:
         return self.runs / f"{row}-{init}-s{seed}"
@@ -73,31 +85,36 @@ def read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def row_overrides(plan: Plan, row: str, init: str, seed: int) -> list[str]:
-    sets = [*plan.overrides, f"train.seed={seed}", f"clda.student_init={init}"]
+def row_values(plan: Plan, row: str, init: str, seed: int) -> dict[str, Any]:
+    """The dotted keys a row sets over ``plan.base`` (what separates the rows and seeds)."""
+    values: dict[str, Any] = {"train.seed": seed, "clda.student_init": init}
     if row in MAPPINGS:
-        sets.append(f"clda.mapping={MAPPINGS[row]}")
+        values["clda.mapping"] = MAPPINGS[row]
     if row == "clda_placebo":
-        sets.append(f"clda.alpha={plan.placebo_alpha}")
+        values["clda.alpha"] = plan.placebo_alpha
     if row == "clda_signed":  # non-salient also where skipping a block raises target mIoU
-        sets.append("clda.saliency_rule=signed")
-    return sets
+        values["clda.saliency_rule"] = "signed"
+    return values
+
+
+def row_config(plan: Plan, row: str, init: str, seed: int) -> Config:
+    """The validated config a (row, init, seed) run trains with."""
+    return override(plan.base, row_values(plan, row, init, seed))
 
 
 def teacher_initialised_file(plan: Plan) -> Path:
     """The teacher-initialised student as a model file, so the independent row (which trains through
     the teacher command, DAFormer's recipe) starts from the very weights the CLDA rows start from."""
     from clda_deploy.checkpoint import build_from_config, file_sha256, load_segmenter, read_metadata, save_model
-    from clda_deploy.config import load_config
     from clda_deploy.data import build_dataset
     from training.student import initialise_student, saliency_batches
 
     path = plan.runs / "teacher_initialised_student.safetensors"
     if path.is_file():
         if read_metadata(path).get("clda_teacher_sha256") != file_sha256(plan.teacher):
-            raise ValueError(f"{path} was made from another teacher than {plan.teacher}; use another --runs folder")
+            raise UsageError(f"{path} was made from another teacher than {plan.teacher}; use another --runs folder")
         return path
-    cfg = load_config(plan.config, [*plan.overrides, "clda.student_init=teacher"])
+    cfg = override(plan.base, {"clda.student_init": "teacher"})
     teacher, student = load_segmenter(plan.teacher), build_from_config(cfg)
     batches = saliency_batches(cfg, {"val": build_dataset(cfg.data.val, train=False)})
     initialise_student(cfg, teacher, student, batches, plan.runs)
@@ -110,22 +127,23 @@ def train_independent(plan: Plan, init: str, seed: int) -> Path:
 
     run = plan.run_dir("independent_student", init, seed)
     if not (run / "metrics.json").is_file():
-        sets = [*plan.overrides, "uda.mode=daformer", f"train.seed={seed}", "clda.student_init=random"]
+        values: dict[str, Any] = {"uda.mode": "daformer", "train.seed": seed, "clda.student_init": "random"}
         if init == "teacher":
-            sets.append(f"model.init={teacher_initialised_file(plan)}")
-        run_teacher(plan.config, sets, str(run), (run / "checkpoint.pt").is_file())
+            values["model.init"] = str(teacher_initialised_file(plan))
+        run_teacher(override(plan.base, values), run, (run / "checkpoint.pt").is_file())
     return run
 
 
 def train_prefix(plan: Plan, init: str, seed: int) -> Path:
     """The steps every student row of (seed, init) shares: the ``clda_channel`` config trained to T3,
     keeping snapshots at T2 (before LSR) and T3 (LSR pick and channel mapping made, teacher unchanged)."""
-    from clda_deploy.config import load_config, stage_iterations
-    from training.loop import CHECKPOINT, Trainer, snapshot_name
+    from clda_deploy.config import stage_iterations
+    from training.loop import CHECKPOINT, snapshot_name
+    from training.run import run_loop
     from training.student import check_student_config, prepare_student
 
     run = plan.run_dir("prefix", init, seed)
-    cfg = load_config(plan.config, row_overrides(plan, "clda_channel", init, seed))
+    cfg = row_config(plan, "clda_channel", init, seed)
     t2, t3 = stage_iterations(cfg)
     if (run / snapshot_name(t3)).is_file():
         return run
@@ -135,8 +153,7 @@ def train_prefix(plan: Plan, init: str, seed: int) -> Path:
     inputs.snapshots, inputs.stop_at = (t2, t3), t3
     if not resume:
         inputs.task.measured_saliency = measured_lsr(plan)
-    if Trainer(inputs).run(resume=resume).interrupted:
-        raise KeyboardInterrupt
+    run_loop(inputs, resume)
     return run
 
 
@@ -155,7 +172,7 @@ def train_student_row(plan: Plan, row: str, init: str, seed: int) -> Path:
     """One student row, forked from the shared prefix at T2 (similarity modes other than channel) or T3.
     Forking every row (``clda_channel`` too) from one snapshot also gives all rows of a seed the same
     data stream after the fork, so their paired differences hold only what the rows change."""
-    from clda_deploy.config import load_config, stage_iterations
+    from clda_deploy.config import stage_iterations
     from training.fork import fork_student
     from training.loop import CHECKPOINT, snapshot_name
     from training.student import train_student
@@ -163,7 +180,7 @@ def train_student_row(plan: Plan, row: str, init: str, seed: int) -> Path:
     run = plan.run_dir(row, init, seed)
     if (run / "metrics.json").is_file():
         return run
-    cfg = load_config(plan.config, row_overrides(plan, row, init, seed))
+    cfg = row_config(plan, row, init, seed)
     t2, t3 = stage_iterations(cfg)
     if not (run / CHECKPOINT).is_file():
         prefix = train_prefix(plan, init, seed)
@@ -187,13 +204,11 @@ def run_group(plan: Plan, seed: int, init: str) -> None:
 def check_plan(plan: Plan) -> None:
     """Every row's config, validated before hours of training (a bad combination fails in seconds), and
     every finished or started run checked against the config it would be trained with now."""
-    from clda_deploy.config import load_config
     from training.student import check_student_config
 
     for seed, init in plan.groups():
         for row in plan.rows_of(seed, init):
-            overrides = row_overrides(plan, row, init, seed)
-            cfg = load_config(plan.config, overrides)
+            cfg = row_config(plan, row, init, seed)
             if row != "independent_student":
                 check_student_config(cfg, plan.teacher)
             for run in (plan.run_dir(row, init, seed), plan.run_dir("prefix", init, seed)):
@@ -206,7 +221,7 @@ def check_run_config(run: Path, cfg: Any, row: str) -> None:
     """Refuse to reuse or resume ``run`` when it was trained with another config than ``cfg`` (keys that
     change nothing trained are exempt; an independent student ignores the ``clda`` section)."""
     from clda_deploy.config import ConfigError, config_to_dict, load_config
-    from training.teacher import config_differences
+    from training.run import config_differences
 
     saved = run / "config.yaml"
     if not saved.is_file():
@@ -228,7 +243,7 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     except ValueError:
         shard = (-1, 0)
     if not 0 <= shard[0] < shard[1]:
-        raise ValueError(f"--shard expects K/N with 0 <= K < N (e.g. 0/2), got {text!r}")
+        raise UsageError(f"--shard expects K/N with 0 <= K < N (e.g. 0/2), got {text!r}")
     return shard
 
 
@@ -251,10 +266,9 @@ def run_ablation(
     from clda_deploy.config import load_config
 
     read_config(teacher)  # a missing or foreign teacher fails before any training
-    cfg = load_config(config, overrides)
     extra = seeds[: min(3, len(seeds))] if extra_seeds is None else extra_seeds
-    plan = Plan(config, teacher, tuple(overrides), tuple(seeds), tuple(extra), Path(runs), cfg.clda.student_init,
-                placebo_alpha, OPTIONAL_ROWS if signed else ())  # fmt: skip
+    plan = Plan(config, tuple(overrides), load_config(config, overrides), teacher, tuple(seeds), tuple(extra),
+                Path(runs), placebo_alpha, OPTIONAL_ROWS if signed else ())  # fmt: skip
     part = parse_shard(shard)
     check_plan(plan)
     for seed, init in plan.groups():
@@ -266,7 +280,7 @@ def run_ablation(
     sets = f" --set {' '.join(overrides)}" if overrides else ""
     command = (f"python -m training ablation -c {config} --teacher {teacher} --seeds {len(seeds)} "
                f"--extra-seeds {len(extra)}{' --signed' if signed else ''} --runs {runs}{sets}")  # fmt: skip
-    from training.ablation_report import markdown, summarize_ablation
+    from training.studies.ablation_report import markdown, summarize_ablation
 
     summary = summarize_ablation(plan, command)
     atomic_write(Path(json_out), lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))

@@ -15,7 +15,7 @@ from clda_deploy.config import load_config
 from clda_deploy.data.synthcity import render_styled
 from clda_deploy.data.synthcity.style import SOURCE_STYLE, STREET_STYLE, STYLE_GROUPS, TARGET_STYLE, with_groups
 from training.__main__ import main
-from training.gap_study import gap_variants, parse_models, score_style
+from training.studies.gap_study import gap_variants, parse_models, score_style
 
 SIZE = (64, 128)
 

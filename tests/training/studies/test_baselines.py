@@ -1,8 +1,11 @@
 import json
+from pathlib import Path
 
 import pytest
 
-from training.baselines import markdown_table, run_baselines, summarize
+from training.studies.baselines import markdown_table, run_baselines, summarize
+
+CONFIG = str(Path(__file__).resolve().parents[3] / "training" / "configs" / "smoke_teacher.yaml")
 
 
 def test_summary_golden_values():
@@ -25,7 +28,7 @@ def test_finished_runs_are_reused(tmp_path, monkeypatch):
     out = tmp_path / "uda_baselines.json"
     doc = tmp_path / "results.md"
     doc.write_text("# Results\n\n<!-- uda_baselines:start -->\nold\n<!-- uda_baselines:end -->\n\n## Other\n")
-    summary = run_baselines("cfg.yaml", [], [0], str(tmp_path), str(out), str(doc))
+    summary = run_baselines(CONFIG, [], [0], str(tmp_path), str(out), str(doc))
     assert json.loads(out.read_text()) == summary
     assert summary["oracle"]["miou_mean"] == 30.0 and not out.with_suffix(".md").exists()
     text = doc.read_text()
@@ -38,5 +41,24 @@ def test_without_a_markdown_file_the_table_goes_next_to_the_json(tmp_path, monke
         (tmp_path / f"{mode}-s0" / "metrics.json").write_text(json.dumps({"miou": 1.0}))
     monkeypatch.setattr("training.teacher.run_teacher", lambda *a, **k: pytest.fail("must not retrain"))
     out = tmp_path / "uda_baselines.json"
-    run_baselines("cfg.yaml", [], [0], str(tmp_path), str(out))
+    run_baselines(CONFIG, [], [0], str(tmp_path), str(out))
     assert "| uda | 1.00 ± 0.00 | 1.00 |" in out.with_suffix(".md").read_text()
+
+
+def test_each_mode_and_seed_trains_with_typed_values_over_the_config(tmp_path, monkeypatch):
+    """The baselines drive the teacher command with a Config (no --set strings): the -c file with its
+    overrides, plus uda.mode and train.seed."""
+    trained = []
+
+    def fake_run_teacher(cfg, run_dir, resume):
+        trained.append((cfg.uda.mode, cfg.train.seed, cfg.train.iters, run_dir, resume))
+        run_dir.mkdir(parents=True)
+        (run_dir / "metrics.json").write_text(json.dumps({"miou": 1.0}))
+
+    monkeypatch.setattr("training.teacher.run_teacher", fake_run_teacher)
+    run_baselines(CONFIG, ["train.iters=3"], [0, 1], str(tmp_path), str(tmp_path / "b.json"))
+    assert [(mode, seed) for mode, seed, *_ in trained] == [
+        (mode, seed) for mode in ("source_only", "daformer", "oracle") for seed in (0, 1)
+    ]
+    assert all(iters == 3 and run == tmp_path / f"{mode}-s{seed}" and not resume
+               for mode, seed, iters, run, resume in trained)  # fmt: skip

@@ -1,6 +1,7 @@
 """``python -m training baselines``: source-only, DAFormer UDA and oracle over several seeds.
 
-Each (mode, seed) trains through the same loop and config system into ``<runs>/<mode>-s<seed>``;
+Each (mode, seed) trains through the teacher command's functions (the ``-c`` config with its ``--set``
+pairs, plus ``uda.mode`` and ``train.seed`` as typed values) into ``<runs>/<mode>-s<seed>``;
 a run that already has ``metrics.json`` is reused, so an interrupted calibration continues where it
 stopped. The summary is ``uda_baselines.json`` (DESIGN §3) plus a markdown table.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clda_deploy.checkpoint import atomic_write
+from clda_deploy.config import Config
 
 MODES = ("source_only", "daformer", "oracle")
 LABELS = {"source_only": "source_only", "daformer": "uda", "oracle": "oracle"}
@@ -20,8 +22,9 @@ ORACLE_GAP_TARGET = 15.0  # mIoU points the oracle must be above source-only (DE
 UDA_GAIN_TARGET = 5.0  # mIoU points DAFormer UDA must recover over source-only (DESIGN §5)
 
 
-def run_one(config_path: str, overrides: list[str], mode: str, seed: int, runs: Path) -> float:
-    """Train one baseline (or reuse a finished run) and return its target-val mIoU."""
+def run_one(base: Config, mode: str, seed: int, runs: Path) -> float:
+    """Train one baseline from ``base`` (or reuse a finished run) and return its target-val mIoU."""
+    from training.run import override
     from training.teacher import run_teacher
 
     run_dir = runs / f"{mode}-s{seed}"
@@ -29,7 +32,7 @@ def run_one(config_path: str, overrides: list[str], mode: str, seed: int, runs: 
     if not metrics_path.is_file():
         print(f"== {mode}, seed {seed} -> {run_dir}")
         resume = (run_dir / "checkpoint.pt").is_file()
-        run_teacher(config_path, [*overrides, f"uda.mode={mode}", f"train.seed={seed}"], str(run_dir), resume)
+        run_teacher(override(base, {"uda.mode": mode, "train.seed": seed}), run_dir, resume)
     return float(json.loads(metrics_path.read_text())["miou"])
 
 
@@ -72,8 +75,11 @@ def run_baselines(
 ) -> dict:
     """Train or reuse every (mode, seed) run; write the JSON and the table: into the
     ``uda_baselines`` section of ``out`` (docs/results.md), or next to the JSON without ``out``."""
+    from clda_deploy.config import load_config
+
     runs_dir = Path(runs)
-    results = {mode: [run_one(config_path, overrides, mode, seed, runs_dir) for seed in seeds] for mode in MODES}
+    base = load_config(config_path, overrides)
+    results = {mode: [run_one(base, mode, seed, runs_dir) for seed in seeds] for mode in MODES}
     summary = summarize(results, seeds)
     atomic_write(Path(json_out), lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
     seeds_text = " ".join(str(s) for s in seeds)

@@ -10,7 +10,7 @@ from clda_deploy.results_doc import section_markers
 from training.__main__ import main
 from training.teacher import train_teacher
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CONFIGS = REPO / "training" / "configs"
 
 
@@ -95,3 +95,21 @@ def test_a_run_trained_with_another_config_is_refused(finished, capsys):
     *_, args = finished
     assert main([*args, "clda.alpha=0.5"]) == 2
     assert "was trained with another config (clda.alpha" in capsys.readouterr().err
+
+
+def test_row_configs_are_the_config_plus_typed_row_values():
+    """Each row's config is the -c config with its --set pairs plus the row's typed values, equal to what
+    the same values as --set strings give (the runs trained before the typed overrides stay reusable)."""
+    from training.studies.ablation import Plan, row_config, row_values
+
+    config, sets = str(CONFIGS / "smoke_student.yaml"), ("train.iters=6", "clda.student_init=teacher")
+    plan = Plan(config, sets, load_config(config, list(sets)), "teacher.safetensors", (0, 1), (0,), Path("runs"),
+                placebo_alpha=0.9, optional_rows=("clda_signed",))  # fmt: skip
+    assert plan.config_init == "teacher" and "clda_placebo" in plan.rows_of(0, "teacher")
+    for seed, init in plan.groups():
+        for row in plan.rows_of(seed, init):
+            strings = [*sets, *(f"{key}={value}" for key, value in row_values(plan, row, init, seed).items())]
+            assert row_config(plan, row, init, seed) == load_config(config, strings), (row, init, seed)
+    placebo = row_config(plan, "clda_placebo", "teacher", 0)
+    assert (placebo.clda.alpha, placebo.clda.mapping, placebo.train.seed, placebo.train.iters) == (0.9, "channel", 0, 6)
+    assert row_config(plan, "clda_signed", "teacher", 0).clda.saliency_rule == "signed"

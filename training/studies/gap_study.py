@@ -28,6 +28,7 @@ from clda_deploy.data.synthcity.style import (
     DomainStyle,
     with_groups,
 )
+from training.errors import MissingInputError, UsageError
 
 BATCH = 4  # images rendered and predicted at once
 
@@ -54,14 +55,14 @@ def parse_models(specs: list[str]) -> dict[str, str]:
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
-            raise ValueError(f"--model expects NAME=PATH (e.g. so=runs/so/model.safetensors), got {spec!r}")
+            raise UsageError(f"--model expects NAME=PATH (e.g. so=runs/so/model.safetensors), got {spec!r}")
         if name in models:
-            raise ValueError(f"--model name {name!r} given twice")
+            raise UsageError(f"--model name {name!r} given twice")
         if not Path(path).is_file():
-            raise FileNotFoundError(f"--model {name}: no such file: {path}")
+            raise MissingInputError(f"--model {name}: no such file: {path}")
         models[name] = path
     if not models:
-        raise ValueError("give at least one --model NAME=PATH")
+        raise UsageError("give at least one --model NAME=PATH")
     return models
 
 
@@ -123,15 +124,15 @@ def run_gap_study(
     from clda_deploy.inference import resolve_device
 
     if images < 1:
-        raise ValueError(f"--images must be at least 1, got {images}")
+        raise UsageError(f"--images must be at least 1, got {images}")
     if min(size) < 32:
-        raise ValueError(f"--height and --width must be at least 32 pixels, got {size}")
+        raise UsageError(f"--height and --width must be at least 32 pixels, got {size}")
     models = parse_models(model_specs)
     torch_device = resolve_device(device)
     loaded = {name: load_segmenter(path, device=torch_device) for name, path in models.items()}
     classes = {int(model.spec["num_classes"]) for model in loaded.values()}
     if len(classes) != 1:
-        raise ValueError(f"the models predict different numbers of classes: {sorted(classes)}")
+        raise UsageError(f"the models predict different numbers of classes: {sorted(classes)}")
     num_classes = classes.pop()
     predictors = {name: (lambda x, m=model: m(x.to(torch_device))) for name, model in loaded.items()}
     variants = gap_variants()

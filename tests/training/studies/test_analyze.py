@@ -1,4 +1,5 @@
-"""``python -m training analyze update-probe`` end to end on tiny saved models and a tiny SynthCity."""
+"""``python -m training analyze {saliency,cka,pvr,similarity,update-probe}`` end to end on tiny saved models and a
+tiny SynthCity."""
 
 import json
 from pathlib import Path
@@ -10,7 +11,7 @@ from clda_deploy.checkpoint import build_from_config, save_model
 from clda_deploy.config import load_config
 from training.__main__ import main
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CONFIGS = REPO / "training" / "configs"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -30,6 +31,17 @@ def model_files(tiny_synthcity, tmp_path_factory) -> tuple[Path, Path]:
         torch.manual_seed(seed)
         paths.append(save_model(folder / f"{role}.safetensors", build_from_config(cfg), cfg, role=role))
     return paths[0], paths[1]
+
+
+@pytest.mark.parametrize("kind", ["saliency", "cka", "pvr", "similarity"])
+def test_analyses_write_png_and_json(model_files, tiny_synthcity, tmp_path, kind) -> None:
+    teacher, student = model_files
+    out = tmp_path / "analysis"
+    args = ["analyze", kind, "--teacher", str(teacher), "--student", str(student), "--out", str(out),
+            "--images", "4", "--set", *overrides(tiny_synthcity)]  # fmt: skip
+    assert main(args) == 0
+    assert (out / f"{kind}.png").stat().st_size > 1000
+    assert json.loads((out / f"{kind}.json").read_text())
 
 
 def test_update_probe_writes_json_png_and_verdict(model_files, tmp_path, capsys) -> None:

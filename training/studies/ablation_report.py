@@ -1,5 +1,5 @@
 """The CLDA ablation's results: collect the finished runs (refusing runs of another teacher), the rows'
-mean ± std with 95 % t-intervals, the paired differences, and the markdown table (training/ablation.py
+mean ± std with 95 % t-intervals, the paired differences, and the markdown table (training/studies/ablation.py
 trains the runs)."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from clda_deploy.checkpoint import atomic_write
-from training.ablation import INITS, ROWS, TEACHER_ROWS, Plan, read_json
+from training.errors import UsageError
+from training.studies.ablation import INITS, ROWS, TEACHER_ROWS, Plan, read_json
 
 
 def teacher_digest(run: Path, row: str) -> str | None:
@@ -30,7 +31,7 @@ def check_teacher(run: Path, row: str, expected: str) -> None:
     if row == "independent_student" and digest is None:
         return
     if digest != expected:
-        raise ValueError(
+        raise UsageError(
             f"{run} was trained from teacher sha256 {digest}, this ablation's teacher is {expected}: "
             "an ablation compares runs of one teacher; use another --runs folder for another teacher"
         )
@@ -40,13 +41,12 @@ def teacher_before(plan: Plan) -> float:
     """The given teacher's target-val mIoU, scored exactly as each run's ``teacher_after`` is (the student
     config's val set, the teacher's own eval settings); cached beside the runs, keyed by what it depends on."""
     from clda_deploy.checkpoint import file_sha256, load_segmenter, read_config
-    from clda_deploy.config import load_config
     from clda_deploy.data import build_dataset
     from clda_deploy.evaluation import evaluate
     from clda_deploy.inference import resolve_device
     from training.evaluate import metrics_payload
 
-    cfg, teacher_cfg = load_config(plan.config, list(plan.overrides)), read_config(plan.teacher)
+    cfg, teacher_cfg = plan.base, read_config(plan.teacher)
     val = build_dataset(cfg.data.val, train=False)
     key = {"teacher_sha256": file_sha256(plan.teacher), "val_root": str(cfg.data.val.root), "val_images": len(val),
            "max_images": teacher_cfg.eval.max_images}  # fmt: skip
@@ -84,7 +84,7 @@ def collect(plan: Plan) -> dict[str, dict[str, list[dict[str, Any]]]]:
         for row in plan.rows_of(seed, init):
             run = plan.run_dir(row, init, seed)
             if not (run / "metrics.json").is_file():
-                raise ValueError(f"{run} has not finished: run the ablation (or its shards) to the end first")
+                raise UsageError(f"{run} has not finished: run the ablation (or its shards) to the end first")
             check_teacher(run, row, expected)
             rows.setdefault(row, {}).setdefault(init, []).append(seed_record(run, seed))
             if row == "clda_channel":

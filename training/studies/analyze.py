@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clda_deploy.config import Config, config_to_dict, load_config
+from training.errors import UsageError
 
 KINDS = ("saliency", "cka", "pvr", "similarity", "update-probe")
 DEFAULT_PROBE_WEIGHTS = (0.3, 1.0)
@@ -145,7 +146,10 @@ def run_analysis(kind: str, first: str, second: str, config_path: str | None, ov
     from clda_deploy.checkpoint import load_segmenter, read_config
 
     if kind not in KINDS:
-        raise ValueError(f"analysis must be one of {list(KINDS)}, got {kind!r}")
+        raise UsageError(f"analysis must be one of {list(KINDS)}, got {kind!r}")
+    outside = [w for w in weights if not 0.0 <= w <= 1.0]
+    if kind == "update-probe" and outside:
+        raise UsageError(f"--weights: each blend weight w must lie in [0, 1] (w = 1 - alpha of Eq. 8), got {outside}")
     cfg = load_config(config_path, overrides, base=config_to_dict(read_config(first)))
     models = {"teacher": load_segmenter(first), "student": load_segmenter(second)}
     out_dir = Path(out)
