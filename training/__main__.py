@@ -11,6 +11,8 @@ import argparse
 import shlex
 import sys
 
+from clda_deploy.artifacts import RunLayout
+
 
 def add_set_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -55,14 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument(
         "-c", "--config", required=True, help="YAML config, e.g. training/configs/synthcity_daformer.yaml"
     )
-    teacher.add_argument("--out", default=None, help="run folder (default: runs/default/teacher)")
+    teacher.add_argument("--out", default=None, help=f"run folder (default: {RunLayout().stage('teacher')})")
     teacher.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     add_set_argument(teacher)
 
     student = sub.add_parser("student", help="train the CLDA student from a trained teacher")
     student.add_argument("-c", "--config", required=True, help="YAML config, e.g. training/configs/synthcity_clda.yaml")
     student.add_argument("--teacher", required=True, help="the teacher's model.safetensors")
-    student.add_argument("--out", default=None, help="run folder (default: runs/default/student)")
+    student.add_argument("--out", default=None, help=f"run folder (default: {RunLayout().stage('student')})")
     student.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     add_set_argument(student)
 
@@ -73,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--student", required=True, help="second model: the student (for pvr: the independently trained student)"
     )
     analyze.add_argument("-c", "--config", default=None, help="YAML over the first model's config (data.val)")
-    analyze.add_argument("--out", default="runs/default/analysis")
+    analyze.add_argument("--out", default=str(RunLayout().analysis))
     analyze.add_argument(
         "--images", type=int, default=16, help="target images to measure on (saliency: those clda.saliency_data names)"
     )
@@ -89,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ablation = sub.add_parser("ablation", help="the CLDA ablation rows (paper Tab. 3) over seeds")
     ablation.add_argument("-c", "--config", required=True, help="the student config, e.g. synthcity_clda.yaml")
-    ablation.add_argument("--teacher", default="runs/default/teacher/model.safetensors")
+    ablation.add_argument("--teacher", default=str(RunLayout().model("teacher")))
     ablation.add_argument("--seeds", type=int, default=5, help="seeds of the main rows (0 .. N-1)")
     ablation.add_argument(
         "--extra-seeds", type=int, default=3, help="seeds of clda_token, clda_both and clda_placebo (0 .. N-1)"

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from clda_deploy.artifacts import METRICS_FILE
 from clda_deploy.checkpoint import atomic_write, load_segmenter, read_config
 from clda_deploy.config import Config, DatasetConfig, config_to_dict, load_config
 from clda_deploy.data.labels import EVAL_SUBSETS, NUM_CLASSES, trainid_to_labelid_lut
@@ -59,7 +60,7 @@ def run_eval(
         label_id_lut=lut,
     )
     payload = metrics_payload(result.matrix, list(dataset.class_names), cfg, result.num_images, checkpoint)
-    out_path = Path(out) if out else Path(checkpoint).parent / "metrics.json"
+    out_path = Path(out) if out else Path(checkpoint).parent / METRICS_FILE
     atomic_write(out_path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2)))
     print(format_table(payload["per_class_iou"], payload["miou"]))
     print(f"{result.num_images} images of {payload['dataset']}; metrics written to {out_path}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from clda_deploy.artifacts import CHECKPOINT_FILE, MAPPING_FILE, SALIENCY_FILE
 from clda_deploy.config import Config, config_to_dict, stage_iterations
 from training.errors import UsageError
 from training.run import RESUMABLE_CHANGES, config_differences, flatten
@@ -33,7 +34,6 @@ def fork_student(snapshot: Path, cfg: Config, run_dir: Path, saliency_from: Path
     Raises UsageError when ``cfg`` differs from the snapshot's config in anything but the forkable keys,
     or when the snapshot's point cannot serve ``cfg``'s mapping mode (``forked_task_state``)."""
     from clda_deploy.uda.clda import forked_task_state
-    from training.loop import CHECKPOINT
     from training.state import load_checkpoint, save_checkpoint
 
     state = load_checkpoint(snapshot)
@@ -63,8 +63,8 @@ def fork_student(snapshot: Path, cfg: Config, run_dir: Path, saliency_from: Path
     for name in COPIED_FILES:
         if (snapshot.parent / name).is_file():
             shutil.copyfile(snapshot.parent / name, run_dir / name)
-    for name, key in (("saliency.json", "saliency"), ("mapping.json", "mapping")):
+    for name, key in ((SALIENCY_FILE, "saliency"), (MAPPING_FILE, "mapping")):
         if state["task"][key] is not None and (snapshot.parent / name).is_file():
             shutil.copyfile(snapshot.parent / name, run_dir / name)
-    save_checkpoint(run_dir / CHECKPOINT, state)
-    return run_dir / CHECKPOINT
+    save_checkpoint(run_dir / CHECKPOINT_FILE, state)
+    return run_dir / CHECKPOINT_FILE

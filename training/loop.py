@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from clda_deploy.artifacts import CHECKPOINT_FILE, METRICS_LOG
 from clda_deploy.config import Config, config_to_dict
 from clda_deploy.evaluation import evaluate
 from clda_deploy.metrics import mean_iou
@@ -33,8 +34,6 @@ from training.distributed import DistInfo, barrier
 from training.errors import TrainingDivergedError
 from training.optim import build_optimizer, build_scheduler
 from training.state import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-
-CHECKPOINT = "checkpoint.pt"
 
 
 def snapshot_name(iteration: int) -> str:
@@ -105,7 +104,7 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path, enabled: bool) -> None:
         self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / METRICS_LOG
         self.writer = None
         if enabled:
             try:
@@ -164,10 +163,10 @@ class Trainer:
 
     def save(self) -> None:
         if self.inputs.dist.is_main:
-            save_checkpoint(self.inputs.run_dir / CHECKPOINT, self.state())
+            save_checkpoint(self.inputs.run_dir / CHECKPOINT_FILE, self.state())
 
     def resume(self) -> None:
-        state = load_checkpoint(self.inputs.run_dir / CHECKPOINT)
+        state = load_checkpoint(self.inputs.run_dir / CHECKPOINT_FILE)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -175,7 +174,7 @@ class Trainer:
         self.inputs.task.load_state_dict(state["task"])
         restore_rng(state["rng"])
         self.iteration = int(state["iteration"])
-        print(f"resumed from {self.inputs.run_dir / CHECKPOINT} at iteration {self.iteration}")
+        print(f"resumed from {self.inputs.run_dir / CHECKPOINT_FILE} at iteration {self.iteration}")
 
     # ----- one step ----------------------------------------------------------------------------
     def step(self, batches: dict[str, Iterator[dict[str, Any]]]) -> dict[str, torch.Tensor]:
@@ -259,7 +258,7 @@ class Trainer:
             self.save()
             print(
                 f"\ninterrupted at iteration {self.iteration}: checkpoint written to "
-                f"{self.inputs.run_dir / CHECKPOINT}; continue with --resume"
+                f"{self.inputs.run_dir / CHECKPOINT_FILE}; continue with --resume"
             )
         finally:
             bar.close()

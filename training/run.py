@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from clda_deploy.artifacts import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE, RunLayout
 from clda_deploy.config import Config, ConfigError, config_from_dict, config_to_dict, merge, save_config
 
-DEFAULT_RUNS = Path("runs/default")  # <role>/ inside: teacher/, student/ (DESIGN §3)
 # Keys that may change between a run and its resume without changing what is being trained.
 RESUMABLE_CHANGES = (
     "train.iters",
@@ -31,7 +31,7 @@ RESUMABLE_CHANGES = (
 
 def run_dir_for(out: str | Path | None, role: str) -> Path:
     """``--out`` when given, else ``runs/default/<role>`` (DESIGN §3)."""
-    return Path(out) if out else DEFAULT_RUNS / role
+    return Path(out) if out else RunLayout().stage(role)
 
 
 def override(cfg: Config, values: Mapping[str, Any]) -> Config:
@@ -74,10 +74,9 @@ def config_differences(
 
 def check_resumable(cfg: Config, run_dir: Path) -> None:
     """A resumed run must train the same thing as the one in ``run_dir``; name every key that differs."""
-    from training.loop import CHECKPOINT
     from training.state import load_checkpoint
 
-    path = run_dir / CHECKPOINT
+    path = run_dir / CHECKPOINT_FILE
     details = config_differences(load_checkpoint(path)["config"], cfg, RESUMABLE_CHANGES)
     if details:
         raise ConfigError(
@@ -101,7 +100,7 @@ def save_run_config(cfg: Config, run_dir: Path, dist: Any) -> None:
     """Rank 0 writes the resolved config to ``<run>/config.yaml`` (DESIGN §4)."""
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        save_config(cfg, run_dir / CONFIG_FILE)
 
 
 def build_datasets(cfg: Config, needs_target: bool, target_labels: bool) -> dict[str, Any]:
@@ -180,7 +179,7 @@ def write_outputs(
     from training.evaluate import metrics_payload
 
     model_path = save_model(
-        run_dir / "model.safetensors",
+        run_dir / MODEL_FILE,
         result.model,
         cfg,
         role=role,
@@ -191,5 +190,5 @@ def write_outputs(
     )
     payload = metrics_payload(outcome.matrix, list(val.class_names), cfg, outcome.num_images, str(model_path))
     payload.update(extra or {})
-    atomic_write(run_dir / "metrics.json", lambda tmp: tmp.write_text(json.dumps(payload, indent=2)))
+    atomic_write(run_dir / METRICS_FILE, lambda tmp: tmp.write_text(json.dumps(payload, indent=2)))
     return payload

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from clda_deploy.artifacts import METRICS_FILE, TEACHER_AFTER_METRICS, TEACHER_AFTER_MODEL
 from clda_deploy.config import Config, ConfigError, check_student_schedule
 from training.run import (
     build_datasets,
@@ -78,7 +79,7 @@ def teacher_provenance(teacher_path: str, sha256: str) -> dict[str, Any]:
 
     path = Path(teacher_path)
     miou = None
-    metrics = path.parent / "metrics.json"
+    metrics = path.parent / METRICS_FILE
     if metrics.is_file() and path.is_file() and file_sha256(path) == sha256:
         payload = json.loads(metrics.read_text())
         if Path(str(payload.get("checkpoint", ""))).resolve() == path.resolve():
@@ -158,12 +159,12 @@ def write_teacher(cfg_path_teacher: str, run_dir: Path, task: Any, val: Any, dev
     from training.evaluate import metrics_payload
 
     teacher_cfg = read_config(cfg_path_teacher)
-    path = save_model(run_dir / "teacher_updated.safetensors", task.teacher, teacher_cfg, role="teacher",
+    path = save_model(run_dir / TEACHER_AFTER_MODEL, task.teacher, teacher_cfg, role="teacher",
                       extra={"clda_source_teacher": str(cfg_path_teacher)})  # fmt: skip
     outcome = evaluate(task.teacher.eval(), val, teacher_cfg.model.num_classes, teacher_cfg.eval, device=device,
                        progress=progress)  # fmt: skip
     payload = metrics_payload(outcome.matrix, list(val.class_names), teacher_cfg, outcome.num_images, str(path))
-    atomic_write(run_dir / "teacher_metrics.json", lambda tmp: tmp.write_text(json.dumps(payload, indent=2)))
+    atomic_write(run_dir / TEACHER_AFTER_METRICS, lambda tmp: tmp.write_text(json.dumps(payload, indent=2)))
     return payload
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from clda_deploy.artifacts import MAPPING_FILE, SALIENCY_FILE
 from clda_deploy.config import SIMILARITY_MAPPINGS, Config, stage_iterations
 from clda_deploy.errors import CldaError
 from clda_deploy.losses import pixel_weighted_cross_entropy
@@ -109,7 +110,7 @@ class CLDATask:
         self.picked = select_nonsalient(self.saliency, self.clda.select_ratio, seed=self.cfg.train.seed)
         if self.clda.mapping in SIMILARITY_MAPPINGS:
             self.accumulator = SimilarityAccumulator(self.picked, unwrap(student).block_names(), self.clda.mapping)
-        self._write("saliency.json", [{k: e[k] for k in SALIENCY_KEYS} for e in self.saliency])
+        self._write(SALIENCY_FILE, [{k: e[k] for k in SALIENCY_KEYS} for e in self.saliency])
 
     def _finish_mapping(self, student: nn.Module) -> None:
         """Eq. 7 (or the random ablation): the student block for each picked teacher block."""
@@ -122,7 +123,7 @@ class CLDATask:
         else:
             self.mapping = random_mapping(self.picked, unwrap(student).block_names(), seed=self.cfg.train.seed)
             entries = mapping_entries(self.mapping)
-        self._write("mapping.json", entries)
+        self._write(MAPPING_FILE, entries)
 
     @staticmethod
     def _sum_across_ranks(accumulator: SimilarityAccumulator) -> None:

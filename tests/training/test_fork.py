@@ -7,9 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from clda_deploy.artifacts import CHECKPOINT_FILE
 from clda_deploy.config import load_config
 from training.fork import fork_student
-from training.loop import CHECKPOINT, snapshot_name
+from training.loop import snapshot_name
 from training.state import load_checkpoint
 from training.student import train_student
 from training.teacher import train_teacher
@@ -86,13 +87,13 @@ def test_random_and_token_forks_run_from_t3_and_t2(tiny_synthcity, teacher, pref
     random_run = fork_and_train(tiny_synthcity, teacher, prefix, tmp_path / "random", 5, "clda.mapping=random")
     token_run = fork_and_train(tiny_synthcity, teacher, prefix, tmp_path / "token", 3, "clda.mapping=token")
     assert (random_run / "mapping.json").is_file() and (token_run / "mapping.json").is_file()
-    assert load_checkpoint(token_run / CHECKPOINT)["task"]["mapping"]
+    assert load_checkpoint(token_run / CHECKPOINT_FILE)["task"]["mapping"]
 
 
 def test_a_fork_that_changes_anything_else_is_refused(tiny_synthcity, prefix, tmp_path):
     with pytest.raises(ValueError, match="train.lr"):
         fork_student(prefix / snapshot_name(5), student_config(tiny_synthcity, "train.lr=1e-3"), tmp_path / "x")
-    assert not (tmp_path / "x" / CHECKPOINT).exists()
+    assert not (tmp_path / "x" / CHECKPOINT_FILE).exists()
 
 
 def test_a_similarity_mode_cannot_fork_after_t2(tiny_synthcity, prefix, tmp_path):
@@ -116,5 +117,5 @@ def test_another_saliency_rule_forks_only_at_t2(tiny_synthcity, teacher, tmp_pat
     fork_student(run / snapshot_name(2), signed, tmp_path / "reused", saliency_from=run / snapshot_name(3))
     train_student(signed, str(teacher), tmp_path / "reused", resume=True, evaluate_teacher=False)
     assert json.loads((tmp_path / "reused" / "saliency.json").read_text()) == rows
-    assert load_checkpoint(tmp_path / "reused" / CHECKPOINT)["task"]["picked"] == load_checkpoint(
-        tmp_path / "signed" / CHECKPOINT)["task"]["picked"]  # fmt: skip
+    assert load_checkpoint(tmp_path / "reused" / CHECKPOINT_FILE)["task"]["picked"] == load_checkpoint(
+        tmp_path / "signed" / CHECKPOINT_FILE)["task"]["picked"]  # fmt: skip

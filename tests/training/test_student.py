@@ -7,9 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from clda_deploy.artifacts import CHECKPOINT_FILE
 from clda_deploy.config import load_config
 from clda_deploy.uda.clda import block_path
-from training.loop import CHECKPOINT, Trainer
+from training.loop import Trainer
 from training.student import prepare_student, train_student
 from training.teacher import train_teacher
 
@@ -38,7 +39,7 @@ def test_student_writes_files_and_only_mapped_blocks_change(tiny_synthcity, smok
     result, student, teacher = train_student(student_config(tiny_synthcity), str(smoke_teacher), run)
     assert result.iteration == 10 and 0 <= student["miou"] <= 100 and 0 <= teacher["miou"] <= 100
     for name in ("model.safetensors", "teacher_updated.safetensors", "saliency.json", "mapping.json",
-                 "metrics.json", "teacher_metrics.json", CHECKPOINT):  # fmt: skip
+                 "metrics.json", "teacher_metrics.json", CHECKPOINT_FILE):  # fmt: skip
         assert (run / name).is_file(), name
     saliency = json.loads((run / "saliency.json").read_text())
     assert {"block", "lsr", "delta", "salient"} <= set(saliency[0]) and len(saliency) == 5
@@ -80,7 +81,7 @@ def test_resume_restores_accumulator_mapping_and_teacher(tiny_synthcity, smoke_t
     run = tmp_path / "student"
     train_student(student_config(tiny_synthcity, "train.iters=7", "clda.t2=0.3", "clda.t3=0.8"),
                   str(smoke_teacher), run)  # fmt: skip
-    saved = torch.load(run / CHECKPOINT, weights_only=False)["task"]
+    saved = torch.load(run / CHECKPOINT_FILE, weights_only=False)["task"]
     inputs, _ = prepare_student(student_config(tiny_synthcity, "train.iters=7", "clda.t2=0.3", "clda.t3=0.8"),
                                 str(smoke_teacher), run, resume=True)  # fmt: skip
     Trainer(inputs).resume()
@@ -180,7 +181,7 @@ def test_teacher_init_and_student_mixing_train(tiny_synthcity, smoke_teacher, tm
     resumed, _ = prepare_student(student_config(tiny_synthcity, "clda.student_mixing=true", "train.iters=6"),
                                  str(smoke_teacher), run, resume=True)  # fmt: skip
     Trainer(resumed).resume()
-    saved = torch.load(run / CHECKPOINT, weights_only=False)["task"]
+    saved = torch.load(run / CHECKPOINT_FILE, weights_only=False)["task"]
     assert torch.equal(resumed.task.generator.get_state(), saved["generator"])
 
 

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from clda_deploy import load_segmenter
+from clda_deploy.artifacts import CHECKPOINT_FILE
 from clda_deploy.checkpoint import read_metadata
 from clda_deploy.config import load_config
-from training.loop import CHECKPOINT, Trainer
+from training.loop import Trainer
 from training.teacher import prepare_teacher, train_teacher
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,7 +40,7 @@ def test_teacher_writes_the_run_files(tiny_synthcity, tmp_path):
     run = tmp_path / "teacher"
     result, metrics = train_teacher(smoke_config(tiny_synthcity), run)
     assert result.iteration == 4 and not result.interrupted
-    for name in ("config.yaml", CHECKPOINT, "model.safetensors", "metrics.json", "metrics.jsonl"):
+    for name in ("config.yaml", CHECKPOINT_FILE, "model.safetensors", "metrics.json", "metrics.jsonl"):
         assert (run / name).is_file(), name
     assert any((run / "tensorboard").iterdir())
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -56,7 +57,7 @@ def test_teacher_writes_the_run_files(tiny_synthcity, tmp_path):
 def test_resume_restores_iteration_model_and_ema_teacher(tiny_synthcity, tmp_path):
     run = tmp_path / "teacher"
     train_teacher(smoke_config(tiny_synthcity, "train.iters=2"), run)
-    saved = torch.load(run / CHECKPOINT, weights_only=False)
+    saved = torch.load(run / CHECKPOINT_FILE, weights_only=False)
     inputs, _ = prepare_teacher(smoke_config(tiny_synthcity, "train.iters=4"), run, resume=True)
     trainer = Trainer(inputs)
     trainer.resume()
@@ -92,17 +93,17 @@ def test_sigkill_then_resume_reaches_the_iteration_count(tiny_synthcity, tmp_pat
     args = ["teacher", "-c", SMOKE_TEACHER, "--out", str(run), "--set", *data_overrides(tiny_synthcity),
             "train.iters=30", "train.checkpoint_every=3"]  # fmt: skip
     process = run_cli(args)
-    wait_for_checkpoint(run / CHECKPOINT, process)
+    wait_for_checkpoint(run / CHECKPOINT_FILE, process)
     process.send_signal(signal.SIGKILL)
     process.communicate()
-    killed_at = torch.load(run / CHECKPOINT, weights_only=False)["iteration"]
+    killed_at = torch.load(run / CHECKPOINT_FILE, weights_only=False)["iteration"]
     assert 3 <= killed_at < 30
     resumed = run_cli([*args, "--resume"])
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
-    assert f"resumed from {run / CHECKPOINT} at iteration {killed_at}" in out
+    assert f"resumed from {run / CHECKPOINT_FILE} at iteration {killed_at}" in out
     assert read_metadata(run / "model.safetensors")["clda_iteration"] == "30"
-    assert torch.load(run / CHECKPOINT, weights_only=False)["iteration"] == 30
+    assert torch.load(run / CHECKPOINT_FILE, weights_only=False)["iteration"] == 30
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -111,14 +112,14 @@ def test_interrupt_writes_a_checkpoint(tiny_synthcity, tmp_path, sig):
     args = ["teacher", "-c", SMOKE_TEACHER, "--out", str(run), "--set", *data_overrides(tiny_synthcity),
             "train.iters=100000", "train.checkpoint_every=2"]  # fmt: skip
     process = run_cli(args)
-    wait_for_checkpoint(run / CHECKPOINT, process)
-    first = torch.load(run / CHECKPOINT, weights_only=False)["iteration"]
+    wait_for_checkpoint(run / CHECKPOINT_FILE, process)
+    first = torch.load(run / CHECKPOINT_FILE, weights_only=False)["iteration"]
     time.sleep(1.0)
     process.send_signal(sig)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "continue with --resume" in out
-    assert torch.load(run / CHECKPOINT, weights_only=False)["iteration"] >= first
+    assert torch.load(run / CHECKPOINT_FILE, weights_only=False)["iteration"] >= first
 
 
 def test_model_init_starts_model_and_ema_teacher_from_the_given_weights(tiny_synthcity, tmp_path):

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clda_deploy.artifacts import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, SALIENCY_FILE
 from clda_deploy.checkpoint import atomic_write
 from clda_deploy.config import Config
 from training.errors import UsageError
@@ -126,11 +127,11 @@ def train_independent(plan: Plan, init: str, seed: int) -> Path:
     from training.teacher import run_teacher
 
     run = plan.run_dir("independent_student", init, seed)
-    if not (run / "metrics.json").is_file():
+    if not (run / METRICS_FILE).is_file():
         values: dict[str, Any] = {"uda.mode": "daformer", "train.seed": seed, "clda.student_init": "random"}
         if init == "teacher":
             values["model.init"] = str(teacher_initialised_file(plan))
-        run_teacher(override(plan.base, values), run, (run / "checkpoint.pt").is_file())
+        run_teacher(override(plan.base, values), run, (run / CHECKPOINT_FILE).is_file())
     return run
 
 
@@ -138,7 +139,7 @@ def train_prefix(plan: Plan, init: str, seed: int) -> Path:
     """The steps every student row of (seed, init) shares: the ``clda_channel`` config trained to T3,
     keeping snapshots at T2 (before LSR) and T3 (LSR pick and channel mapping made, teacher unchanged)."""
     from clda_deploy.config import stage_iterations
-    from training.loop import CHECKPOINT, snapshot_name
+    from training.loop import snapshot_name
     from training.run import run_loop
     from training.student import check_student_config, prepare_student
 
@@ -148,7 +149,7 @@ def train_prefix(plan: Plan, init: str, seed: int) -> Path:
     if (run / snapshot_name(t3)).is_file():
         return run
     check_student_config(cfg, plan.teacher)
-    resume = (run / CHECKPOINT).is_file()
+    resume = (run / CHECKPOINT_FILE).is_file()
     inputs, _ = prepare_student(cfg, plan.teacher, run, resume)
     inputs.snapshots, inputs.stop_at = (t2, t3), t3
     if not resume:
@@ -162,7 +163,7 @@ def measured_lsr(plan: Plan) -> list[dict[str, Any]] | None:
     is unchanged before T3, and the fixed saliency images, so it is the same for every seed and init;
     measuring it once saves a dozen forward passes per image and prefix. Only the seeded pick differs."""
     for seed, init in plan.groups():
-        saliency = plan.run_dir("prefix", init, seed) / "saliency.json"
+        saliency = plan.run_dir("prefix", init, seed) / SALIENCY_FILE
         if saliency.is_file():
             return json.loads(saliency.read_text())
     return None
@@ -174,15 +175,15 @@ def train_student_row(plan: Plan, row: str, init: str, seed: int) -> Path:
     data stream after the fork, so their paired differences hold only what the rows change."""
     from clda_deploy.config import stage_iterations
     from training.fork import fork_student
-    from training.loop import CHECKPOINT, snapshot_name
+    from training.loop import snapshot_name
     from training.student import train_student
 
     run = plan.run_dir(row, init, seed)
-    if (run / "metrics.json").is_file():
+    if (run / METRICS_FILE).is_file():
         return run
     cfg = row_config(plan, row, init, seed)
     t2, t3 = stage_iterations(cfg)
-    if not (run / CHECKPOINT).is_file():
+    if not (run / CHECKPOINT_FILE).is_file():
         prefix = train_prefix(plan, init, seed)
         if FORK_POINT[row] == "t2":  # reuse the prefix's LSR deltas (same teacher and images)
             fork_student(prefix / snapshot_name(t2), cfg, run, saliency_from=prefix / snapshot_name(t3))
@@ -223,7 +224,7 @@ def check_run_config(run: Path, cfg: Any, row: str) -> None:
     from clda_deploy.config import ConfigError, config_to_dict, load_config
     from training.run import config_differences
 
-    saved = run / "config.yaml"
+    saved = run / CONFIG_FILE
     if not saved.is_file():
         return
     exempt = ("train.progress", "train.device", "data.workers", "train.log_every", "eval.")

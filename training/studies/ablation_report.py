@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from clda_deploy.artifacts import CONFIG_FILE, METRICS_FILE, TEACHER_AFTER_METRICS
 from clda_deploy.checkpoint import atomic_write
 from training.errors import UsageError
 from training.studies.ablation import INITS, ROWS, TEACHER_ROWS, Plan, read_json
@@ -20,9 +21,9 @@ def teacher_digest(run: Path, row: str) -> str | None:
     from clda_deploy.checkpoint import read_metadata
 
     if row == "independent_student":
-        init = (yaml.safe_load((run / "config.yaml").read_text()).get("model") or {}).get("init")
+        init = (yaml.safe_load((run / CONFIG_FILE).read_text()).get("model") or {}).get("init")
         return read_metadata(init).get("clda_teacher_sha256", "unknown") if init else None
-    return read_json(run / "metrics.json").get("clda", {}).get("teacher_sha256")
+    return read_json(run / METRICS_FILE).get("clda", {}).get("teacher_sha256")
 
 
 def check_teacher(run: Path, row: str, expected: str) -> None:
@@ -62,7 +63,7 @@ def teacher_before(plan: Plan) -> float:
     return float(payload["miou"])
 
 
-def seed_record(run: Path, seed: int, metrics: str = "metrics.json") -> dict[str, Any]:
+def seed_record(run: Path, seed: int, metrics: str = METRICS_FILE) -> dict[str, Any]:
     from clda_deploy.checkpoint import file_sha256
 
     payload = read_json(run / metrics)
@@ -83,7 +84,7 @@ def collect(plan: Plan) -> dict[str, dict[str, list[dict[str, Any]]]]:
     for seed, init in plan.groups():
         for row in plan.rows_of(seed, init):
             run = plan.run_dir(row, init, seed)
-            if not (run / "metrics.json").is_file():
+            if not (run / METRICS_FILE).is_file():
                 raise UsageError(f"{run} has not finished: run the ablation (or its shards) to the end first")
             check_teacher(run, row, expected)
             rows.setdefault(row, {}).setdefault(init, []).append(seed_record(run, seed))
@@ -91,7 +92,7 @@ def collect(plan: Plan) -> dict[str, dict[str, list[dict[str, Any]]]]:
                 rows.setdefault("teacher_before", {}).setdefault(init, []).append(
                     {"seed": seed, "miou": before, "run": plan.teacher, "model_sha256": expected})  # fmt: skip
                 rows.setdefault("teacher_after", {}).setdefault(init, []).append(
-                    seed_record(run, seed, "teacher_metrics.json"))  # fmt: skip
+                    seed_record(run, seed, TEACHER_AFTER_METRICS))  # fmt: skip
     return rows
 
 
@@ -132,7 +133,7 @@ def differences(rows: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, d
 def schedule_of(plan: Plan) -> dict[str, Any]:
     """The S->T dose and provenance a ``clda_channel`` run recorded (the same for every seed)."""
     seed, init = plan.groups()[0]
-    record = read_json(plan.run_dir("clda_channel", init, seed) / "metrics.json")["clda"]
+    record = read_json(plan.run_dir("clda_channel", init, seed) / METRICS_FILE)["clda"]
     keys = ("t2", "t3", "alpha", "update_steps", "blend_fraction", "lr_share_after_t3", "saliency_rule",
             "saliency_data", "mapped_blocks")  # fmt: skip
     return {key: record.get(key) for key in keys}

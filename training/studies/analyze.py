@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from clda_deploy.artifacts import SALIENCY_FILE
 from clda_deploy.config import Config, config_to_dict, load_config
 from training.errors import UsageError
 
@@ -62,7 +63,7 @@ def saliency(cfg: Config, models: dict[str, Any], batches: list[Any], out: Path)
     payload = {role: {"summary": lsr_summary(rows), "blocks": rows} for role, rows in results.items()}
     payload["measured_on"] = {"data": cfg.clda.saliency_data, "images": len([i for b in batches for i in b["image"]]),
                               "rule": rule, "threshold": threshold}  # fmt: skip
-    write_json(out / "saliency.json", payload)
+    write_json(out / SALIENCY_FILE, payload)
     plot_lsr_distribution(results["teacher"], results["student"], out / "saliency.png", threshold)
     plot_saliency_by_domain(results, out / "saliency_domains.png", threshold)
     return payload

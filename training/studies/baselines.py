@@ -13,6 +13,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from clda_deploy.artifacts import CHECKPOINT_FILE, METRICS_FILE
 from clda_deploy.checkpoint import atomic_write
 from clda_deploy.config import Config
 
@@ -28,10 +29,10 @@ def run_one(base: Config, mode: str, seed: int, runs: Path) -> float:
     from training.teacher import run_teacher
 
     run_dir = runs / f"{mode}-s{seed}"
-    metrics_path = run_dir / "metrics.json"
+    metrics_path = run_dir / METRICS_FILE
     if not metrics_path.is_file():
         print(f"== {mode}, seed {seed} -> {run_dir}")
-        resume = (run_dir / "checkpoint.pt").is_file()
+        resume = (run_dir / CHECKPOINT_FILE).is_file()
         run_teacher(override(base, {"uda.mode": mode, "train.seed": seed}), run_dir, resume)
     return float(json.loads(metrics_path.read_text())["miou"])
 
