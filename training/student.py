@@ -119,8 +119,8 @@ def initialise_student(cfg: Config, teacher: Any, student: Any, batches: list[An
 def prepare_student(cfg: Config, teacher_path: str, run_dir: Path, resume: bool) -> tuple[Any, Any]:
     from clda_deploy.checkpoint import build_for_training, load_segmenter
     from clda_deploy.inference import resolve_device
+    from clda_deploy.models.encoders import check_compatible
     from clda_deploy.uda.clda import CLDATask
-    from clda_deploy.uda.mapping import check_compatible
     from training.distributed import device_for, init_distributed
     from training.loop import CHECKPOINT, LoopInputs
     from training.state import load_checkpoint, seed_everything
