@@ -33,9 +33,10 @@ __all__ = ["BlockEncoder", "BlockName", "BlockNameError", "EXPECTED_FORM", "bloc
 
 STAGES = range(1, 5)  # MiT's four stages, 1-based as in the names
 BLOCKS = range(100)  # two digits
-EXPECTED_FORM = "stage{s}.block{bb} with s in 1..4 and bb two digits, e.g. 'stage3.block05'"
-# [0-9], not \d: \d also matches non-ASCII digits, which int() accepts but str() would never write.
-_SPELLING = re.compile(r"stage([1-4])\.block([0-9]{2})")
+EXPECTED_FORM = f"stage{{s}}.block{{bb}} with s in {STAGES[0]}..{STAGES[-1]} and bb two digits, e.g. 'stage3.block05'"
+# One digit and two, exactly as str() writes them (the ranges are checked by BlockName itself); [0-9],
+# not \d: \d also matches non-ASCII digits, which int() accepts but str() never writes.
+_SPELLING = re.compile(r"stage([0-9])\.block([0-9]{2})")
 
 
 class BlockNameError(CldaError, ValueError):

@@ -10,7 +10,7 @@ and the forward has no Python branch on tensor values, so it exports.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch.nn.functional as F  # noqa: N812 (the conventional alias)
@@ -64,7 +64,7 @@ class Segmenter(nn.Module):
         block = self.block(name)
         return next(path for path, module in self.named_modules() if module is block)
 
-    def _resolve(self, names: Iterable[str], part: Any) -> dict[str, nn.Module]:
+    def _resolve(self, names: Iterable[str], part: Callable[[str], nn.Module]) -> dict[str, nn.Module]:
         # Resolve every name before touching anything, so a typo changes no block.
         if isinstance(names, str):
             names = [names]
