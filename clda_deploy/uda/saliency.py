@@ -114,8 +114,8 @@ def layer_saliency(
     if reference not in ("labels", "agreement"):
         raise ValueError(f"reference must be 'labels' or 'agreement', got {reference!r}")
     num_classes = int(model.spec["num_classes"] if num_classes is None else num_classes)
-    names = list(model.block_names() if names is None else map(str, map(BlockName.parse, names)))
-    for name in names:  # an unknown name fails here, before any forward pass
+    names = model.block_names() if names is None else [str(BlockName.parse(name)) for name in names]
+    for name in names:  # a malformed or unknown name fails here, before any forward pass
         model.block(name)
     batches = split_batches(images, labels)
     was_training = model.training
