@@ -128,8 +128,8 @@ def initialise_student(cfg: Config, teacher: Any, student: Any, batches: list[An
 def prepare_student(cfg: Config, teacher_path: str, run_dir: Path, resume: bool) -> tuple[Any, Any]:
     """Steps 1-4: validated inputs for the loop and the distributed context."""
     from clda_deploy.checkpoint import build_for_training, file_sha256, load_segmenter
+    from clda_deploy.models.encoders import check_compatible
     from clda_deploy.uda.clda import CLDATask
-    from clda_deploy.uda.mapping import check_compatible
     from training.loop import LoopInputs
     from training.state import seed_everything
 

@@ -6,16 +6,25 @@ attention, Mix-FFN with a depthwise 3x3 conv); only the hyperparameters differ, 
 
 The encoder adopts timm's ``patch_embed`` and ``stages`` as its own submodules, so its state_dict
 keys are timm's (``stages.2.blocks.5.attn.q.weight``) and timm checkpoints load without renaming.
+It implements ``blocks.BlockEncoder`` (blocks by name, their attention and residual branches): this
+is the one module that knows where timm keeps them, so no caller spells a timm attribute path.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from timm.models.pvt_v2 import PyramidVisionTransformerV2
 from torch import Tensor, nn
 
+from clda_deploy.errors import CldaError
+from clda_deploy.models.blocks import BlockName, block_names, parse_in
 from clda_deploy.models.presets import ENCODER_PRESETS, EncoderPreset
 
-__all__ = ["MiTEncoder", "build_encoder", "encoder_preset"]
+if TYPE_CHECKING:
+    from clda_deploy.models.segmenter import Segmenter
+
+__all__ = ["MiTEncoder", "build_encoder", "check_compatible", "encoder_preset"]
 
 STRIDES: tuple[int, int, int, int] = (4, 8, 16, 32)
 
@@ -73,6 +82,58 @@ class MiTEncoder(nn.Module):
             x = stage(x)
             features.append(x)
         return features
+
+    # ----- the block contract (blocks.BlockEncoder) -------------------------------------------
+    def block_names(self) -> list[str]:
+        """Every block in forward order: ``stage1.block00``, ..., ``stage4.block{d-1}``."""
+        return block_names(self.depths)
+
+    def block(self, name: str | BlockName) -> nn.Module:
+        """The timm ``Block`` called ``name`` (tokens ``[B, N, C]`` -> ``[B, N, C]``); BlockNameError
+        for a malformed name or one beyond this encoder's depth."""
+        parsed = parse_in(name, self.depths, self.name)
+        return self.stages[parsed.stage - 1].blocks[parsed.block]
+
+    def attention(self, name: str | BlockName) -> nn.Module:
+        """The block's spatial-reduction attention; its output ``[B, N, C]`` includes the output
+        projection and precedes the residual add (timm: ``x + drop_path(attn(norm1(x)))``)."""
+        return self.block(name).attn
+
+    def branches(self, name: str | BlockName) -> dict[str, nn.Module]:
+        """``{"attn": attention, "mlp": Mix-FFN}``, the block's two residual branches in forward order."""
+        block = self.block(name)
+        return {"attn": block.attn, "mlp": block.mlp}
+
+    def branch_outputs(self, name: str | BlockName) -> list[nn.Module]:
+        """The last linear layer of each residual branch (attention projection, Mix-FFN ``fc2``)."""
+        block = self.block(name)
+        return [block.attn.proj, block.mlp.fc2]
+
+
+class IncompatibleModelsError(CldaError, ValueError):
+    """A teacher and a student that cannot exchange block weights; the message names the stage and the fix."""
+
+
+def check_compatible(teacher: Segmenter, student: Segmenter) -> None:
+    """Raise IncompatibleModelsError naming the first stage whose blocks cannot exchange weights (Eq. 8 copies
+    block to block): width, head count, spatial-reduction ratio and every block tensor shape must agree."""
+    t_enc, s_enc = teacher.encoder, student.encoder
+    hint = "CLDA copies weights block to block: pick a student with the teacher's stage widths and heads"
+    if len(t_enc.depths) != len(s_enc.depths):
+        raise IncompatibleModelsError(f"teacher has {len(t_enc.depths)} stages, student {len(s_enc.depths)}; {hint}")
+    for stage in range(1, len(t_enc.depths) + 1):
+        for what, attribute in (("width", "embed_dims"), ("heads", "num_heads"), ("sr_ratio", "sr_ratios")):
+            t_value, s_value = getattr(t_enc, attribute)[stage - 1], getattr(s_enc, attribute)[stage - 1]
+            if t_value != s_value:
+                raise IncompatibleModelsError(
+                    f"stage {stage}: teacher {what} {t_value}, student {what} {s_value}; {hint}"
+                )
+        t_shapes, s_shapes = (
+            [(key, tuple(value.shape)) for key, value in enc.block(BlockName(stage, 0)).state_dict().items()]
+            for enc in (t_enc, s_enc)
+        )
+        if t_shapes != s_shapes:
+            raise IncompatibleModelsError(f"stage {stage}: teacher and student block tensors differ in shape; {hint}")
 
 
 def build_encoder(name: str, pretrained: str | None = None, drop_path_rate: float | None = None) -> MiTEncoder:

@@ -1,34 +1,27 @@
 """Segmenter = MiT encoder + decode head, with the block addressing CLDA needs (DESIGN §6).
 
-Blocks are named ``stage{s}.block{bb}`` (s in 1..4, bb 0-based and zero-padded: ``stage3.block05``)
-in every file and log. A segmenter can return a block's attention output through a hook
-(``capture_attention``) and run with named blocks skipped (``skip_blocks``, Eq. 2's R(block skipped)).
-Neither changes the state_dict, and the forward has no Python branch on tensor values, so it exports.
+Blocks are named ``stage{s}.block{bb}`` (``blocks.BlockName``: s in 1..4, bb 0-based and two digits,
+``stage3.block05``) in every file and log; the encoder resolves them (``blocks.BlockEncoder``). A
+segmenter can return a block's attention output through a hook (``capture_attention``) and run with
+named blocks skipped (``skip_blocks``, Eq. 2's R(block skipped)). Neither changes the state_dict,
+and the forward has no Python branch on tensor values, so it exports.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch.nn.functional as F  # noqa: N812 (the conventional alias)
 from torch import Tensor, nn
 
+from clda_deploy.models.blocks import BlockName
 from clda_deploy.models.encoders import MiTEncoder, build_encoder
 from clda_deploy.models.heads import HEADS, build_head
 from clda_deploy.models.presets import HEAD_NAMES
 
-__all__ = ["Segmenter", "build_segmenter", "block_name"]
-
-_BLOCK_NAME = re.compile(r"^stage([1-9])\.block(\d{2,})$")
-_SHOWN_NAMES = 6
-
-
-def block_name(stage: int, index: int) -> str:
-    """``block_name(3, 5) == "stage3.block05"`` (stage 1-based, block index 0-based)."""
-    return f"stage{stage}.block{index:02d}"
+__all__ = ["Segmenter", "build_segmenter"]
 
 
 def _pass_through(x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
@@ -58,55 +51,40 @@ class Segmenter(nn.Module):
     # ----- block addressing -------------------------------------------------------------------
     def block_names(self) -> list[str]:
         """All transformer blocks in forward order: ``stage1.block00``, ..., ``stage4.block{d-1}``."""
-        return [
-            block_name(stage + 1, index) for stage, depth in enumerate(self.encoder.depths) for index in range(depth)
-        ]
+        return self.encoder.block_names()
 
-    def block(self, name: str) -> nn.Module:
-        """The timm ``Block`` called ``name`` (maps ``[B, N, C]`` tokens to ``[B, N, C]``)."""
-        match = _BLOCK_NAME.match(name)
-        if match:
-            stage, index = int(match.group(1)) - 1, int(match.group(2))
-            if (
-                stage < len(self.encoder.depths)
-                and index < self.encoder.depths[stage]
-                and name == block_name(stage + 1, index)
-            ):
-                return self.encoder.stages[stage].blocks[index]
-        names = self.block_names()
-        shown = ", ".join(names[:_SHOWN_NAMES])
-        raise KeyError(
-            f"no block {name!r} in {self.spec.get('encoder', 'this encoder')}; "
-            f"names are stage{{s}}.block{{bb}}, e.g. {shown}, ..., {names[-1]} ({len(names)} blocks)"
-        )
+    def block(self, name: str | BlockName) -> nn.Module:
+        """The block called ``name`` (maps ``[B, N, C]`` tokens to ``[B, N, C]``); BlockNameError for a
+        malformed name or one this encoder lacks (the message lists the blocks it has)."""
+        return self.encoder.block(name)
 
-    def block_state_prefix(self, name: str) -> str:
+    def block_state_prefix(self, name: str | BlockName) -> str:
         """The ``state_dict`` key prefix of block ``name`` (keys ``prefix + "." + tensor``), found by
         module identity so that no caller spells the encoder's attribute paths."""
         block = self.block(name)
         return next(path for path, module in self.named_modules() if module is block)
 
-    def _blocks(self, names: Iterable[str]) -> dict[str, nn.Module]:
+    def _resolve(self, names: Iterable[str], part: Callable[[str], nn.Module]) -> dict[str, nn.Module]:
         # Resolve every name before touching anything, so a typo changes no block.
         if isinstance(names, str):
             names = [names]
-        return {name: self.block(name) for name in names}
+        return {name: part(name) for name in names}
 
     @contextlib.contextmanager
     def capture_attention(self, names: Iterable[str], detach: bool = False) -> Iterator[dict[str, Tensor]]:
         """Context yielding ``{name: attention output [B, N, C]}``, filled by forwards inside it.
 
         The tensor is the block's attention branch after its output projection and before the
-        residual add (a forward hook on ``block.attn``); N = H_s * W_s tokens of the block's stage,
+        residual add (a forward hook on ``encoder.attention(name)``); N = H_s * W_s tokens of the block's stage,
         C its width. Each forward overwrites the entry; a skipped block records nothing.
         ``detach=True`` stores tensors without their autograd graph. Hooks are removed on exit.
         """
-        blocks = self._blocks(names)
+        attentions = self._resolve(names, self.encoder.attention)
         captured: dict[str, Tensor] = {}
         handles = []
         try:
-            for name, block in blocks.items():
-                handles.append(block.attn.register_forward_hook(_capture_hook(captured, name, detach)))
+            for name, attention in attentions.items():
+                handles.append(attention.register_forward_hook(_capture_hook(captured, name, detach)))
             yield captured
         finally:
             for handle in handles:
@@ -120,7 +98,7 @@ class Segmenter(nn.Module):
         no work and no state_dict key changes) and restores the previous one on exit, even after
         an exception; nested contexts compose.
         """
-        blocks = self._blocks(names)
+        blocks = self._resolve(names, self.block)
         missing = object()
         saved: list[tuple[nn.Module, Any]] = []
         try:

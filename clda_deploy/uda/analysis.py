@@ -1,6 +1,6 @@
 """The paper's analyses (section 4, Fig. 2-5): numbers as plain Python/NumPy, figures as PNG files.
 
-- Fig. 2, layer saliency: ``lsr_summary`` of ``mapping.layer_saliency`` results, ``plot_lsr_distribution``.
+- Fig. 2, layer saliency: ``lsr_summary`` of ``saliency.layer_saliency`` results, ``plot_lsr_distribution``.
 - Fig. 3, layer contribution: ``block_outputs`` (forward hooks), ``linear_cka`` / ``cka_matrix``
   (Kornblith et al. 2019), ``cka_correspondence``, ``plot_cka_heatmap``.
 - Fig. 4, T->S influence: ``pvr`` (Eq. 3) per block and module, ``plot_pvr_heatmap``.
@@ -11,7 +11,6 @@ matplotlib is imported inside the ``plot_*`` functions only and draws on the non
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -20,8 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from clda_deploy.models.blocks import BlockName
 from clda_deploy.models.segmenter import Segmenter
-from clda_deploy.uda.mapping import DEFAULT_LSR_THRESHOLD, split_batches
+from clda_deploy.uda.saliency import DEFAULT_LSR_THRESHOLD, split_batches
 
 Matrix = Tensor | np.ndarray
 Names = Sequence[str]
@@ -30,7 +30,7 @@ DEFAULT_MAX_TOKENS = 1024  # tokens kept per image and block in block_outputs (b
 
 def _forward_order(names: Iterable[str]) -> list[str]:
     """Block names sorted by (stage, block) numbers: ``stage3.block02`` before ``stage3.block10``."""
-    return sorted(set(names), key=lambda name: tuple(int(number) for number in re.findall(r"\d+", name)))
+    return sorted(set(names), key=BlockName.parse)
 
 
 def _short(name: str) -> str:
@@ -182,7 +182,7 @@ def block_outputs(
 ) -> dict[str, Tensor]:
     """Per-image block outputs ``{name: [n, p]}`` (float32, CPU) for CKA, read by forward hooks.
 
-    ``images``: one ``[B,3,H,W]`` batch or an iterable of batches (``mapping.split_batches``; labels are
+    ``images``: one ``[B,3,H,W]`` batch or an iterable of batches (``saliency.split_batches``; labels are
     ignored); n = the number of images. A block's output ``[B, N, C]`` becomes ``[B, N' * C]``
     (``pool="flatten"``, N' = at most ``max_tokens`` tokens evenly spaced in raster order, the same for
     every image) or ``[B, C]`` (``pool="mean"``, mean over the tokens).
@@ -204,7 +204,8 @@ def block_outputs(
 
         return hook
 
-    handles = [model.block(name).register_forward_hook(hook_for(name)) for name in names]
+    blocks = {name: model.block(name) for name in names}  # every name resolved before any hook is placed
+    handles = [block.register_forward_hook(hook_for(name)) for name, block in blocks.items()]
     was_training, device = model.training, next(model.parameters()).device
     try:
         model.eval()
@@ -243,19 +244,27 @@ def module_pvr(module_a: nn.Module, module_b: nn.Module) -> float:
 
 
 def pvr(
-    model_a: Segmenter, model_b: Segmenter, modules: Sequence[str] = ("attn", "mlp"), names: Sequence[str] | None = None
+    model_a: Segmenter, model_b: Segmenter, modules: Sequence[str] | None = None, names: Sequence[str] | None = None
 ) -> dict[str, dict[str, float]]:
     """Fig. 4 (Eq. 3): ``{block: {module: PVR}}`` between two models of one architecture (the distilled
-    and the independently trained student). ``modules`` are submodule paths inside each block."""
+    and the independently trained student). ``modules``: submodule paths inside each block; by default
+    the block's residual branches as the encoder names them (``{"attn", "mlp"}`` for MiT)."""
     if names is None:
         names = model_a.block_names()
         if names != model_b.block_names():
             raise ValueError("PVR compares models of the same architecture; their block lists differ")
     values = {}
     for name in names:
-        a, b = model_a.block(name), model_b.block(name)
-        values[name] = {m: module_pvr(a.get_submodule(m), b.get_submodule(m)) for m in modules}
+        a, b = (_pvr_modules(model, name, modules) for model in (model_a, model_b))
+        values[name] = {m: module_pvr(a[m], b[m]) for m in a}
     return values
+
+
+def _pvr_modules(model: Segmenter, name: str, modules: Sequence[str] | None) -> dict[str, nn.Module]:
+    if modules is None:
+        return model.encoder.branches(name)
+    block = model.block(name)
+    return {m: block.get_submodule(m) for m in modules}
 
 
 def plot_pvr_heatmap(values: Mapping[str, Mapping[str, float]], path: str | Path) -> Path:

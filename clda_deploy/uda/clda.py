@@ -34,10 +34,10 @@ from clda_deploy.errors import CldaError
 from clda_deploy.losses import pixel_weighted_cross_entropy
 from clda_deploy.uda.daformer import unwrap
 from clda_deploy.uda.ema import ema_update_pairs
-from clda_deploy.uda.mapping import SimilarityAccumulator, mapping_entries, random_mapping, select_nonsalient
 from clda_deploy.uda.mixing import mix_with_pseudo_labels
 from clda_deploy.uda.pseudo_label import pseudo_labels, teacher_logits
-from clda_deploy.uda.saliency import is_salient, reference_for, teacher_saliency
+from clda_deploy.uda.saliency import is_salient, reference_for, select_nonsalient, teacher_saliency
+from clda_deploy.uda.similarity import SimilarityAccumulator, mapping_entries, random_mapping
 from clda_deploy.uda.task import Batch
 
 SALIENCY_KEYS = ("block", "lsr", "delta", "salient", "rule", "delta_source", "lsr_source")
@@ -50,13 +50,6 @@ class TeacherMismatchError(CldaError, ValueError):
 def full_precision(device: torch.device) -> Any:
     """A context with autocast off: LSR (Eq. 2) and the pseudo-labels are measured in float32."""
     return torch.autocast(device.type, enabled=False)
-
-
-def block_path(name: str, scope: str) -> str:
-    """``stage3.block05`` -> ``encoder.stages.2.blocks.5`` (``.attn`` for update_scope: attention)."""
-    stage, block = name.split(".")
-    path = f"encoder.stages.{int(stage[5:]) - 1}.blocks.{int(block[5:])}"
-    return f"{path}.attn" if scope == "attention" else path
 
 
 class CLDATask:
@@ -198,9 +191,8 @@ class CLDATask:
         if self.picked is not None and self.mapping is None and iteration >= self.t3 - 1:
             self._finish_mapping(model)
         if self.mapping and iteration >= self.t3:
-            pairs = {block_path(t, self.clda.update_scope): block_path(s, self.clda.update_scope)
-                     for t, s in self.mapping.items()}  # fmt: skip
-            ema_update_pairs(self.teacher, unwrap(model), pairs, self.clda.alpha)  # Eq. 8
+            scope = self.clda.update_scope
+            ema_update_pairs(self.teacher, unwrap(model), self.mapping, self.clda.alpha, scope=scope)  # Eq. 8
 
     # ----- resume ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

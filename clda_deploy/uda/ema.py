@@ -3,7 +3,8 @@
 - ``ema_alpha`` / ``ema_update``: DAFormer's (Hoyer et al. 2022) mean teacher,
   ``teacher <- alpha * teacher + (1 - alpha) * student`` with ``alpha_t = min(1 - 1/(t+1), 0.999)``.
 - ``ema_update_pairs``: CLDA's S->T update (Eq. 8), ``phi_T,gamma <- alpha * phi_T,gamma +
-  (1 - alpha) * phi_S,i*`` for each mapped (teacher block gamma, student block i*) pair.
+  (1 - alpha) * phi_S,i*`` for each mapped (teacher block gamma, student block i*) pair, addressed
+  by block name (``stage3.block05``) through the encoders' block contract (``models.blocks``).
 
 DAFormer pairs ``parameters()`` by zip order, which silently mixes tensors up when the two models
 differ; here every tensor is paired by name and shape and a mismatch raises naming the tensor.
@@ -20,15 +21,21 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["blend_fraction", "copy_model", "ema_alpha", "ema_update", "ema_update_pairs"]
+from clda_deploy.models.blocks import BlockName
+
+if TYPE_CHECKING:
+    from clda_deploy.models.segmenter import Segmenter
+
+__all__ = ["SCOPES", "blend_fraction", "copy_model", "ema_alpha", "ema_update", "ema_update_pairs"]
 
 BufferMode = Literal["copy", "ema", "keep"]
 _BUFFER_MODES = ("copy", "ema", "keep")
+SCOPES = ("block", "attention")  # what of a mapped block Eq. 8 averages (clda.update_scope)
 
 
 def ema_alpha(iteration: int, max_alpha: float = 0.999) -> float:
@@ -56,8 +63,8 @@ def copy_model(model: nn.Module) -> nn.Module:
 
 
 def _selected(name: str, prefixes: tuple[str, ...] | None) -> bool:
-    # Prefixes match on dot boundaries: "encoder.stages.1" selects "encoder.stages.1.x", never
-    # "encoder.stages.10.x".
+    # Prefixes match on dot boundaries: "head.layers.1" selects "head.layers.1.x", never
+    # "head.layers.10.x".
     return prefixes is None or any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
 
 
@@ -157,46 +164,42 @@ def ema_update(
     _update(target, source, alpha, prefixes, buffers, where="ema_update")
 
 
-def _submodule(model: nn.Module, name: str, role: str) -> nn.Module:
-    """``model.get_submodule(name)``; block names such as ``stage3.block05`` resolve through a
-    ``Segmenter``'s ``block(name)`` so that mapping.json names can be used directly."""
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        block = getattr(model, "block", None)
-        if callable(block):
-            try:
-                return block(name)
-            except KeyError:
-                pass
-    raise ValueError(f"ema_update_pairs: the {role} has no submodule or block {name!r}")
+def _part(model: Segmenter, name: BlockName, scope: str) -> nn.Module:
+    """The block ``name`` of ``model`` (``scope="block"``) or its attention branch (``"attention"``)."""
+    return model.encoder.attention(name) if scope == "attention" else model.encoder.block(name)
 
 
 def ema_update_pairs(
-    target: nn.Module,
-    source: nn.Module,
+    target: Segmenter,
+    source: Segmenter,
     pairs: Mapping[str, str],
     alpha: float,
     buffers: BufferMode = "copy",
+    scope: str = "block",
 ) -> None:
     """CLDA's S->T update (Eq. 8): for each ``(t, s)`` in ``pairs``,
     ``target.t <- alpha * target.t + (1 - alpha) * source.s``.
 
     Args:
-        target: the teacher; only the listed submodules change.
+        target: the teacher; only the listed blocks (or their attention branches) change.
         source: the student; unchanged.
-        pairs: ``{teacher submodule: student submodule}``, dotted ``get_submodule`` paths
-            (``"encoder.stages.2.blocks.5"``) or a Segmenter's block names (``"stage3.block05"``).
+        pairs: ``{teacher block: student block}`` by block name (``{"stage3.block05": "stage3.block02"}``,
+            as mapping.json lists them).
         alpha: the EMA momentum in [0, 1] (CLDA's alpha, 0.999 by default in our configs).
         buffers: as in ``ema_update``.
+        scope: ``"block"`` (the whole block) or ``"attention"`` (its attention branch only).
 
-    Parameter names are matched relative to each submodule, so teacher block ``stage3.block05``
+    Parameter names are matched relative to each block, so teacher block ``stage3.block05``
     can take student block ``stage3.block02`` as long as the two blocks have the same structure.
 
     Raises:
+        BlockNameError: a malformed name, or one that model lacks (before any block changes).
         ValueError: naming both blocks and the first mismatching tensor.
     """
-    resolved = [(t, s, _submodule(target, t, "target"), _submodule(source, s, "source")) for t, s in pairs.items()]
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    named = [(BlockName.parse(t), BlockName.parse(s)) for t, s in pairs.items()]
+    resolved = [(str(t), str(s), _part(target, t, scope), _part(source, s, scope)) for t, s in named]
     # Validate every pair before changing any block, so a bad mapping leaves the teacher intact.
     for t, s, target_block, source_block in resolved:
         where = f"ema_update_pairs(target {t!r} <- source {s!r})"

@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
-from clda_deploy.models.segmenter import Segmenter, block_name
-from clda_deploy.uda.mapping import IncompatibleModelsError
+from clda_deploy.models.blocks import BlockName
+from clda_deploy.models.encoders import IncompatibleModelsError
+from clda_deploy.models.segmenter import Segmenter
 
 __all__ = ["evenly_spaced", "most_salient", "student_block_sources", "initialise_from_teacher"]
 
@@ -37,13 +38,13 @@ def evenly_spaced(teacher_depth: int, student_depth: int) -> list[int]:
 def most_salient(saliency: Sequence[Mapping[str, Any]], stage: int, count: int) -> list[int]:
     """Indices of the ``count`` teacher blocks of ``stage`` (1-based) whose removal costs the most
     target mIoU (largest signed delta of Eq. 2), in forward order."""
-    rows = [row for row in saliency if row["block"].startswith(f"stage{stage}.")]
+    rows = [row for row in saliency if BlockName.parse(row["block"]).stage == stage]
     if len(rows) < count:
         raise IncompatibleModelsError(
             f"stage {stage}: saliency lists {len(rows)} teacher blocks, the student needs {count}"
         )
     ranked = sorted(rows, key=lambda row: -float(row["delta"]))[:count]
-    return sorted(int(row["block"].split(".block")[1]) for row in ranked)
+    return sorted(BlockName.parse(row["block"]).block for row in ranked)
 
 
 def student_block_sources(
@@ -61,7 +62,7 @@ def student_block_sources(
     for stage, (t_depth, s_depth) in enumerate(zip(teacher_depths, student_depths, strict=True), start=1):
         chosen = evenly_spaced(t_depth, s_depth) if mode == "evenly" else most_salient(saliency, stage, s_depth)
         for index, teacher_index in enumerate(chosen):
-            sources[block_name(stage, index)] = block_name(stage, teacher_index)
+            sources[str(BlockName(stage, index))] = str(BlockName(stage, teacher_index))
     return sources
 
 

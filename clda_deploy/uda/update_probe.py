@@ -27,23 +27,17 @@ from tqdm import tqdm
 from clda_deploy.data.labels import IGNORE_INDEX
 from clda_deploy.inference import resize_logits
 from clda_deploy.metrics import ConfusionMeter, mean_iou
+from clda_deploy.models.encoders import check_compatible
 from clda_deploy.models.segmenter import Segmenter
 from clda_deploy.uda.analysis import _figure, _save, _short
-from clda_deploy.uda.mapping import (
-    DEFAULT_LSR_THRESHOLD,
-    Batches,
-    check_compatible,
-    layer_saliency,
-    same_stage_candidates,
-    split_batches,
-)
+from clda_deploy.uda.saliency import DEFAULT_LSR_THRESHOLD, Batches, layer_saliency, split_batches
+from clda_deploy.uda.similarity import same_stage_candidates
 
 __all__ = ["PROBE_KINDS", "blend_block", "shrink_block", "measure_miou", "probe", "summarize_probe", "plot_probe"]
 
 PROBE_KINDS = ("student", "shrink", "teacher_block")
 _KIND_LABELS = {"student": "student block", "shrink": "shrink (control)", "teacher_block": "teacher block (control)"}
 _KIND_STYLES = {"student": ("tab:green", "o"), "shrink": ("tab:gray", "s"), "teacher_block": ("tab:orange", "^")}
-_RESIDUAL_OUTPUTS = ("attn.proj", "mlp.fc2")  # the last linear layer of each residual branch of a timm Block
 
 
 def _check_weight(w: float) -> float:
@@ -78,14 +72,11 @@ def blend_block(teacher: Segmenter, name: str, source_block: nn.Module, w: float
 def shrink_block(teacher: Segmenter, name: str, w: float) -> None:
     """Control 1, in place: scale the block's residual branches by ``1 - w`` (``w = 1``: an identity).
 
-    A timm PVT-v2 Block computes ``x + drop_path(attn(norm1(x)))`` then ``x + drop_path(mlp(norm2(x)))``;
-    scaling the weight and bias of the last linear layer of each branch (``attn.proj``, ``mlp.fc2``)
-    scales the branch output exactly.
+    A block computes ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``; scaling the weight and bias of
+    the last linear layer of each branch (``encoder.branch_outputs``) scales the branch output exactly.
     """
     w = _check_weight(w)
-    block = teacher.block(name)
-    for path in _RESIDUAL_OUTPUTS:
-        layer = block.get_submodule(path)
+    for layer in teacher.encoder.branch_outputs(name):
         layer.weight.mul_(1.0 - w)
         if layer.bias is not None:
             layer.bias.mul_(1.0 - w)
@@ -146,11 +137,11 @@ def probe(
     same-stage student block, and after the two controls (module docstring), each at every ``w``.
 
     Args:
-        batches: labelled target-val batches (``mapping.split_batches`` forms: ``(image, label)`` pairs
+        batches: labelled target-val batches (``saliency.split_batches`` forms: ``(image, label)`` pairs
             or dicts with ``"image"`` and ``"label"``).
         weights: the blend weights ``w = 1 - alpha`` of Eq. 8, each in [0, 1].
         blocks: the teacher blocks to probe; default the non-salient ones (Eq. 2, ``lsr < threshold``
-            mIoU points, ``mapping.layer_saliency`` against the labels).
+            mIoU points, ``saliency.layer_saliency`` against the labels).
         num_classes: K (default ``teacher.spec["num_classes"]``); progress: tqdm bars.
 
     Returns ``{"r_full", "weights", "blocks", "saliency", "entries", "summary"}``: ``saliency`` holds the

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file
 
 from clda_deploy.artifacts import CHECKPOINT_FILE
+from clda_deploy.checkpoint import load_segmenter
 from clda_deploy.config import load_config
-from clda_deploy.uda.clda import block_path
 from training.loop import Trainer
 from training.student import prepare_student, train_student
 from training.teacher import train_teacher
@@ -46,7 +46,8 @@ def test_student_writes_files_and_only_mapped_blocks_change(tiny_synthcity, smok
     mapping = json.loads((run / "mapping.json").read_text())
     assert mapping and all(m["teacher_block"][:6] == m["student_block"][:6] for m in mapping), "same stage"
     before, after = load_file(str(smoke_teacher)), load_file(str(run / "teacher_updated.safetensors"))
-    mapped = tuple(block_path(m["teacher_block"], "block") + "." for m in mapping)
+    teacher_model = load_segmenter(smoke_teacher)
+    mapped = tuple(teacher_model.block_state_prefix(m["teacher_block"]) + "." for m in mapping)
     changed = {name for name in before if not torch.equal(before[name], after[name])}
     assert changed, "S->T updates must change the mapped blocks"
     assert all(name.startswith(mapped) for name in changed), sorted(changed)

@@ -98,7 +98,7 @@ def similarity(models: dict[str, Any], batches: list[Any], out: Path) -> dict[st
     """Fig. 5: channel- vs token-wise cosine similarity of every teacher block's attention output to
     every same-stage student block's, on the same target images."""
     from clda_deploy.uda.analysis import plot_similarity_heatmaps
-    from clda_deploy.uda.mapping import SimilarityAccumulator
+    from clda_deploy.uda.similarity import SimilarityAccumulator
 
     teacher, student = models["teacher"], models["student"]
     accumulators = {mode: SimilarityAccumulator(teacher.block_names(), student.block_names(), mode)

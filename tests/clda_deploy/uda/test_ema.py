@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from clda_deploy.models.blocks import BlockNameError
 from clda_deploy.models.segmenter import build_segmenter
 from clda_deploy.uda.ema import copy_model, ema_alpha, ema_update, ema_update_pairs
 
@@ -141,12 +142,12 @@ def test_pair_update_changes_only_the_target_block(pair_models) -> None:
     teacher = copy_model(teacher)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     ema_update_pairs(teacher, student, {"stage3.block04": "stage3.block01"}, alpha=0.75)
-    prefix = "encoder.stages.2.blocks.4."
+    prefix, source_prefix = teacher.block_state_prefix("stage3.block04"), student.block_state_prefix("stage3.block01")
     student_state = student.state_dict()
     changed = 0
     for name, value in teacher.state_dict().items():
-        if name.startswith(prefix):
-            source = student_state["encoder.stages.2.blocks.1." + name[len(prefix) :]]
+        if name.startswith(prefix + "."):
+            source = student_state[source_prefix + name[len(prefix) :]]
             torch.testing.assert_close(value, 0.75 * before[name] + 0.25 * source)
             changed += 1
         else:
@@ -154,13 +155,23 @@ def test_pair_update_changes_only_the_target_block(pair_models) -> None:
     assert changed == len(list(teacher.block("stage3.block04").parameters()))
 
 
-def test_pair_update_accepts_submodule_paths(pair_models) -> None:
+def test_attention_scope_changes_only_the_attention_branch(pair_models) -> None:
     teacher, student = pair_models
-    by_path, by_block = copy_model(teacher), copy_model(teacher)
-    ema_update_pairs(by_path, student, {"encoder.stages.0.blocks.1": "encoder.stages.0.blocks.0"}, alpha=0.5)
-    ema_update_pairs(by_block, student, {"stage1.block01": "stage1.block00"}, alpha=0.5)
-    for (name, a), (_, b) in zip(by_path.state_dict().items(), by_block.state_dict().items(), strict=True):
-        assert torch.equal(a, b), name
+    updated = copy_model(teacher)
+    ema_update_pairs(updated, student, {"stage1.block01": "stage1.block00"}, alpha=0.5, scope="attention")
+    target = teacher.block_state_prefix("stage1.block01") + ".attn."  # the attention branch's keys
+    source = student.block_state_prefix("stage1.block00") + ".attn."
+    before, student_state = teacher.state_dict(), student.state_dict()
+    changed = 0
+    for name, value in updated.state_dict().items():
+        if name.startswith(target):
+            torch.testing.assert_close(value, 0.5 * before[name] + 0.5 * student_state[source + name[len(target) :]])
+            changed += 1
+        else:
+            assert torch.equal(value, before[name]), name
+    assert changed == len(updated.encoder.attention("stage1.block01").state_dict()) > 0
+    with pytest.raises(ValueError, match="scope"):
+        ema_update_pairs(updated, student, {"stage1.block01": "stage1.block00"}, alpha=0.5, scope="mlp")
 
 
 def test_pair_mismatch_names_both_blocks_and_changes_nothing(pair_models) -> None:
@@ -172,8 +183,10 @@ def test_pair_mismatch_names_both_blocks_and_changes_nothing(pair_models) -> Non
         ema_update_pairs(teacher, student, pairs, alpha=0.5)
     for name, value in teacher.state_dict().items():
         assert torch.equal(value, before[name]), name
-    with pytest.raises(ValueError, match="no submodule or block 'stage9.block00'"):
-        ema_update_pairs(teacher, student, {"stage9.block00": "stage1.block00"}, alpha=0.5)
+    with pytest.raises(BlockNameError, match="no block 'stage3.block05' in encoder 'mit_cpu_student'"):
+        ema_update_pairs(teacher, student, {"stage3.block00": "stage3.block05"}, alpha=0.5)
+    with pytest.raises(BlockNameError, match="malformed block name 'encoder.stages.0.blocks.1'"):
+        ema_update_pairs(teacher, student, {"encoder.stages.0.blocks.1": "stage1.block00"}, alpha=0.5)
 
 
 def test_blend_fraction_golden_values_and_what_repeated_updates_reach() -> None:

@@ -1,4 +1,5 @@
-"""CLDA layer mapping: LSR (Eq. 2), the non-salient pick, similarities (Eq. 6), argmax (Eq. 7)."""
+"""CLDA's layer mapping: similarities (Eq. 6), their accumulation and argmax (Eq. 7), the random
+ablation and the mapping.json rows."""
 
 from __future__ import annotations
 
@@ -8,20 +9,15 @@ import math
 import pytest
 import torch
 
-from clda_deploy.metrics import ConfusionMeter, mean_iou
-from clda_deploy.models.segmenter import Segmenter, build_segmenter
-from clda_deploy.uda.mapping import (
+from clda_deploy.models.blocks import BlockName
+from clda_deploy.models.segmenter import build_segmenter
+from clda_deploy.uda.similarity import (
     SimilarityAccumulator,
     channel_similarity,
-    check_compatible,
     flattened_similarity,
-    layer_saliency,
     mapping_entries,
     random_mapping,
     same_stage_candidates,
-    select_nonsalient,
-    split_batches,
-    stage_of,
     token_similarity,
 )
 
@@ -30,25 +26,11 @@ TEACHER = [[[1.0, 2.0], [3.0, 4.0]]]  # [B=1, N=2, C=2]
 STUDENT = [[[2.0, 1.0], [0.0, 3.0]]]
 
 
-# ----- block names and compatibility ------------------------------------------------------------
-def test_stage_of_and_candidates_in_forward_order() -> None:
-    assert stage_of("stage3.block05") == 3 and stage_of("stage1.block00") == 1
+# ----- same-stage candidates ---------------------------------------------------------------------
+def test_candidates_in_forward_order() -> None:
     students = ["stage4.block00", "stage3.block10", "stage3.block02", "stage2.block00"]
     assert same_stage_candidates("stage3.block07", students) == ["stage3.block02", "stage3.block10"]
     assert same_stage_candidates("stage1.block00", students) == []
-    with pytest.raises(ValueError, match="block name"):
-        stage_of("encoder.stages.2.blocks.5")
-
-
-def test_check_compatible() -> None:
-    teacher = build_segmenter("mit_cpu_teacher", head_channels=16)
-    student = build_segmenter("mit_cpu_student", head_channels=16)
-    check_compatible(teacher, student)  # same widths and heads, different depths: fine
-    with pytest.raises(ValueError, match="stage 1: teacher width 32, student width 64"):
-        check_compatible(build_segmenter("mit_b0", head_channels=16), build_segmenter("mit_b1", head_channels=16))
-    student.encoder.num_heads = (1, 2, 4, 8)
-    with pytest.raises(ValueError, match="stage 3: teacher heads 5, student heads 4"):
-        check_compatible(teacher, student)
 
 
 # ----- Eq. 6: similarities ------------------------------------------------------------------------
@@ -186,7 +168,7 @@ def test_random_mapping_and_entries() -> None:
     mapping = random_mapping(teachers, STUDENT_BLOCKS, seed=3)
     assert mapping == random_mapping(teachers, STUDENT_BLOCKS, seed=3)
     assert list(mapping) == ["stage3.block01", "stage3.block05", "stage4.block01"]
-    assert all(stage_of(t) == stage_of(s) for t, s in mapping.items())
+    assert all(BlockName.parse(t).stage == BlockName.parse(s).stage for t, s in mapping.items())
     assert mapping["stage4.block01"] == "stage4.block00"
     rows = mapping_entries({"stage3.block05": ("stage3.block01", 2.5), "stage4.block01": "stage4.block00"})
     assert rows == [
@@ -206,111 +188,3 @@ def test_real_attention_maps_map_a_block_to_itself() -> None:
     assert len(accumulator.scores["stage3.block04"]) == 6  # every stage-3 block of the same model
     block, score = accumulator.best()["stage3.block04"]
     assert block == "stage3.block04" and score == pytest.approx(160.0, abs=1e-3)  # C = 160 in stage 3
-
-
-# ----- Eq. 2: layer saliency ----------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny() -> tuple[Segmenter, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    model = build_segmenter("mit_cpu_student", num_classes=NUM_CLASSES, head_channels=16)
-    block = model.block("stage3.block01")
-    with torch.no_grad():  # this block adds nothing to its residual stream: skipping it changes nothing
-        for layer in (block.attn.proj, block.mlp.fc2):
-            layer.weight.zero_()
-            layer.bias.zero_()
-    images = torch.randn(2, 3, 32, 48)
-    labels = torch.randint(0, NUM_CLASSES, (2, 32, 48))
-    labels[:, :4] = 255  # ignored rows
-    return model, images, labels
-
-
-def test_agreement_saliency(tiny: tuple[Segmenter, torch.Tensor, torch.Tensor]) -> None:
-    model, images, _ = tiny
-    model.train()
-    results = layer_saliency(model, images, reference="agreement")
-    assert model.training  # the flag is restored
-    assert [r["block"] for r in results] == model.block_names()
-    assert all(r["r_full"] == 100.0 for r in results)
-    zero = next(r for r in results if r["block"] == "stage3.block01")
-    assert zero["lsr"] == 0.0 and zero["delta"] == 0.0 and zero["salient"] is False and zero["r_skipped"] == 100.0
-    for r in results:
-        assert r["lsr"] == abs(r["delta"]) and r["delta"] == r["r_full"] - r["r_skipped"]
-        assert r["salient"] == (r["lsr"] >= 0.1)
-    assert all(not r["salient"] for r in layer_saliency(model, images, "agreement", threshold=1e9))
-
-
-def test_labels_saliency_matches_a_manual_computation(tiny: tuple[Segmenter, torch.Tensor, torch.Tensor]) -> None:
-    model, images, labels = tiny
-    names = ["stage4.block00", "stage3.block01"]
-    results = layer_saliency(model, images, "labels", labels=labels, names=names, progress=True)
-    assert [r["block"] for r in results] == names
-
-    def miou(skip: list[str]) -> float:
-        meter = ConfusionMeter(NUM_CLASSES)
-        with torch.no_grad(), model.skip_blocks(skip):
-            meter.update(model.eval()(images).argmax(1), labels)
-        return mean_iou(meter.matrix)
-
-    full = miou([])
-    assert results[0]["r_full"] == pytest.approx(full) and results[0]["r_skipped"] == pytest.approx(miou(names[:1]))
-    assert results[0]["delta"] == pytest.approx(full - miou(names[:1]))
-    assert results[1]["lsr"] == 0.0
-    # the same subset as loader batches (dicts, labels as lists at native size) gives the same numbers
-    batches = [{"image": images, "label": [labels[0], labels[1]]}]
-    assert layer_saliency(model, batches, "labels", names=names) == results
-    with pytest.raises(ValueError, match="agreement"):
-        layer_saliency(model, images, "labels")
-    with pytest.raises(ValueError, match="reference"):
-        layer_saliency(model, images, "pseudo")
-    with pytest.raises(KeyError, match="stage9.block00"):
-        layer_saliency(model, images, "agreement", names=["stage9.block00"])
-
-
-def test_split_batches_forms() -> None:
-    image, label = torch.zeros(1, 3, 4, 4), torch.zeros(1, 4, 4)
-    assert split_batches(image)[0][1] is None
-    assert split_batches([(image, label), image])[1][1] is None
-    with pytest.raises(ValueError, match="B,3,H,W"):
-        split_batches(torch.zeros(3, 4, 4))
-    with pytest.raises(ValueError, match="no image"):
-        split_batches([])
-    with pytest.raises(ValueError, match="in the batches"):
-        split_batches([image], labels=label)
-
-
-# ----- the non-salient pick ---------------------------------------------------------------------
-def _saliency(flags: list[bool]) -> list[dict]:
-    names = [f"stage3.block{index:02d}" for index in range(len(flags))]
-    return [{"block": n, "lsr": 0.0, "delta": 0.0, "salient": f} for n, f in zip(names, flags, strict=True)]
-
-
-def test_select_nonsalient_ratio_determinism_and_order() -> None:
-    saliency = _saliency([False] * 7 + [True] * 5)
-    picked = select_nonsalient(saliency, ratio=0.3, seed=0)
-    assert len(picked) == 2  # round(0.3 * 7) = round(2.1)
-    assert picked == select_nonsalient(saliency, ratio=0.3, seed=0)
-    assert picked == sorted(picked) and all(int(name[-2:]) < 7 for name in picked)
-    draws = {tuple(select_nonsalient(saliency, 0.3, seed)) for seed in range(20)}
-    assert len(draws) > 1  # the seed matters
-    assert len(select_nonsalient(_saliency([False] * 5), ratio=0.3)) == 2  # round(1.5) = 2 (half up)
-    assert len(select_nonsalient(_saliency([False] * 5), ratio=0.5)) == 3  # round(2.5) = 3 (half up)
-    assert len(select_nonsalient(_saliency([False] * 45), ratio=0.7)) == 32  # 0.7 * 45 = 31.499999999999996
-    assert select_nonsalient(_saliency([False, True]), ratio=0.3) == ["stage3.block00"]  # at least one
-    assert select_nonsalient(_saliency([True, True]), ratio=0.3) == []
-    assert select_nonsalient(_saliency([False] * 3), ratio=0.0) == []
-    assert select_nonsalient(_saliency([False] * 3), ratio=1.0) == [
-        "stage3.block00",
-        "stage3.block01",
-        "stage3.block02",
-    ]
-    with pytest.raises(ValueError, match="ratio"):
-        select_nonsalient(saliency, ratio=1.5)
-
-
-def test_select_nonsalient_sorts_across_stages() -> None:
-    saliency = [
-        {"block": "stage4.block00", "salient": False},
-        {"block": "stage3.block10", "salient": False},
-        {"block": "stage3.block02", "salient": False},
-    ]
-    assert select_nonsalient(saliency, ratio=1.0) == ["stage3.block02", "stage3.block10", "stage4.block00"]

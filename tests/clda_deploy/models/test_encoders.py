@@ -6,8 +6,10 @@ import pytest
 import torch
 from timm.models.pvt_v2 import PyramidVisionTransformerV2
 
-from clda_deploy.models.encoders import MiTEncoder, build_encoder, count_parameters, feature_shapes
+from clda_deploy.models.blocks import BlockName, BlockNameError
+from clda_deploy.models.encoders import MiTEncoder, build_encoder, check_compatible, count_parameters, feature_shapes
 from clda_deploy.models.presets import ENCODER_PRESETS
+from clda_deploy.models.segmenter import build_segmenter
 
 # SegFormer (Xie et al. 2021), encoder parameters in millions.
 MIT_PARAMETERS_MILLIONS = {
@@ -106,3 +108,43 @@ def test_eval_forward_is_deterministic() -> None:
     with torch.no_grad():
         first, second = encoder(image), encoder(image)
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+# ----- the block contract (blocks.BlockEncoder) ----------------------------------------------------
+def test_blocks_by_name_are_timms_stage_blocks() -> None:
+    encoder = MiTEncoder("mit_cpu_teacher")
+    assert encoder.block_names()[:3] == ["stage1.block00", "stage1.block01", "stage2.block00"]
+    assert len(encoder.block_names()) == sum(encoder.depths) == 12
+    assert encoder.block("stage3.block05") is encoder.stages[2].blocks[5]
+    assert encoder.block(BlockName(1, 0)) is encoder.stages[0].blocks[0]
+    block = encoder.stages[3].blocks[1]
+    assert encoder.attention("stage4.block01") is block.attn
+    assert encoder.branches("stage4.block01") == {"attn": block.attn, "mlp": block.mlp}
+    assert encoder.branch_outputs("stage4.block01") == [block.attn.proj, block.mlp.fc2]
+    assert encoder.embed_dims == (32, 64, 160, 256)  # the stage widths
+
+
+@pytest.mark.parametrize("method", ["block", "attention", "branches", "branch_outputs"])
+def test_a_block_beyond_the_depth_names_the_encoder_and_its_blocks(method: str) -> None:
+    encoder = MiTEncoder("mit_cpu_student")  # depths (1, 1, 2, 1)
+    with pytest.raises(BlockNameError) as error:
+        getattr(encoder, method)("stage3.block02")
+    assert str(error.value) == (
+        "no block 'stage3.block02' in encoder 'mit_cpu_student': its blocks are stage1.block00..stage1.block00, "
+        "stage2.block00..stage2.block00, stage3.block00..stage3.block01, stage4.block00..stage4.block00"
+    )
+
+
+def test_check_compatible() -> None:
+    teacher = build_segmenter("mit_cpu_teacher", head_channels=16)
+    student = build_segmenter("mit_cpu_student", head_channels=16)
+    check_compatible(teacher, student)  # same widths and heads, different depths: fine
+    with pytest.raises(ValueError, match="stage 1: teacher width 32, student width 64"):
+        check_compatible(build_segmenter("mit_b0", head_channels=16), build_segmenter("mit_b1", head_channels=16))
+    student.encoder.num_heads = (1, 2, 4, 8)
+    with pytest.raises(ValueError, match="stage 3: teacher heads 5, student heads 4"):
+        check_compatible(teacher, student)
+    student = build_segmenter("mit_cpu_student", head_channels=16)
+    student.encoder.sr_ratios = (8, 4, 1, 1)
+    with pytest.raises(ValueError, match="stage 3: teacher sr_ratio 2, student sr_ratio 1"):
+        check_compatible(teacher, student)

@@ -2,13 +2,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from clda_deploy.uda.clda import CLDATask, block_path
-from clda_deploy.uda.mapping import SimilarityAccumulator
-
-
-def test_block_path_addresses_the_timm_block_and_its_attention():
-    assert block_path("stage3.block05", "block") == "encoder.stages.2.blocks.5"
-    assert block_path("stage1.block00", "attention") == "encoder.stages.0.blocks.0.attn"
+from clda_deploy.uda.clda import CLDATask
+from clda_deploy.uda.similarity import SimilarityAccumulator
 
 
 def test_scores_are_summed_across_ranks_under_a_process_group():

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import torch
 from torch import nn
 
 import clda_deploy
+from clda_deploy.models.blocks import BlockName, BlockNameError
 from clda_deploy.models.encoders import feature_shapes
 from clda_deploy.models.segmenter import Segmenter, build_segmenter
-
-BLOCK_NAME = re.compile(r"^stage[1-4]\.block\d{2}$")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +52,7 @@ def test_block_names_in_forward_order() -> None:
     model = build_segmenter("mit_cpu_teacher")
     names = model.block_names()
     assert len(names) == sum((2, 2, 6, 2)) == 12
-    assert all(BLOCK_NAME.match(name) for name in names)
+    assert all(str(BlockName.parse(name)) == name for name in names)  # canonical spellings
     assert names[:3] == ["stage1.block00", "stage1.block01", "stage2.block00"]
     assert "stage3.block05" in names and names[-1] == "stage4.block01"
     # Forward order: hooks fire in the order of the names.
@@ -79,8 +76,12 @@ def test_block_names_mit_b5() -> None:
 
 def test_block_lookup(model: Segmenter) -> None:
     assert model.block("stage3.block01") is model.encoder.stages[2].blocks[1]
-    for wrong in ("stage3.block02", "stage5.block00", "stage3.block1", "stage0.block00", "encoder"):
-        with pytest.raises(KeyError, match="stage1.block00"):
+    assert model.block(BlockName(3, 1)) is model.encoder.stages[2].blocks[1]
+    assert model.block_state_prefix("stage3.block01") == "encoder.stages.2.blocks.1"
+    with pytest.raises(BlockNameError, match="no block 'stage3.block02' in encoder 'mit_cpu_student'.*stage1.block00"):
+        model.block("stage3.block02")
+    for wrong in ("stage5.block00", "stage3.block1", "stage0.block00", "encoder"):
+        with pytest.raises(BlockNameError, match=f"malformed block name '{wrong}'"):
             model.block(wrong)
 
 
@@ -114,7 +115,7 @@ def test_attention_hooks_removed_on_exception(model: Segmenter, image: torch.Ten
     with pytest.raises(RuntimeError, match="boom"), model.capture_attention(["stage1.block00"]):
         raise RuntimeError("boom")
     assert not model.block("stage1.block00").attn._forward_hooks
-    with pytest.raises(KeyError):  # a bad name registers nothing
+    with pytest.raises(BlockNameError):  # a bad name registers nothing
         with model.capture_attention(["stage1.block00", "stage9.block00"]):
             pass
     assert not model.block("stage1.block00").attn._forward_hooks
@@ -153,7 +154,7 @@ def test_skip_restored_on_exception_and_when_nested(model: Segmenter, image: tor
                 model(image)
             assert torch.equal(model(image), once)
         assert torch.equal(model(image), before)
-    with pytest.raises(KeyError), model.skip_blocks(["stage2.block00", "nope"]):
+    with pytest.raises(BlockNameError), model.skip_blocks(["stage2.block00", "nope"]):
         pass
     assert all("forward" not in model.block(name).__dict__ for name in model.block_names())
 
