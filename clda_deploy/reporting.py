@@ -1,24 +1,83 @@
-"""Writing results: JSON (machine-readable), a markdown table (docs/results.md pastes it; also
-printed) and a PNG bar plot. Every file is written to a temporary name in the same folder and
-renamed, so an interrupted benchmark never leaves a truncated report under the final name."""
+"""Writing results: JSON (machine-readable), markdown tables (also printed), PNG bar plots, the
+generated sections of docs/results.md, and the acceptance ``Target`` records a command checks.
+
+Every file is written to a temporary name in the same folder and renamed, so an interrupted
+measurement never leaves a truncated report under the final name. A docs section is delimited by
+``<!-- KEY:start -->`` / ``<!-- KEY:end -->``: a command replaces its own section and leaves the
+hand-written text around it alone; a section not there yet is appended under its heading.
+
+A ``Target`` is either a *gate* (a failure changes the command's exit status: parity, gpu-check)
+or *informational* (reported as met / NOT met: benchmark targets measured on whatever machine
+runs them, where a busy CPU must not fail ``make bench``).
+"""
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+import operator
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from clda_deploy.checkpoint import atomic_write
 
+GATE_FAILED = 3  # exit status of a command whose gate failed (the parity gate's, DESIGN §8)
+_COMPARE = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 
-def write_json(path: Path, payload: dict[str, Any]) -> Path:
+
+@dataclass(frozen=True)
+class Target:
+    """``value comparison threshold`` (e.g. overhead <= 15 %). ``value`` None: not measured, which
+    never meets a target. ``gate``: a failure sets the exit status (see ``gate_status``)."""
+
+    name: str
+    value: float | None
+    threshold: float
+    comparison: Literal[">=", "<=", ">", "<"]
+    gate: bool = False
+    unit: str = ""
+
+    def __post_init__(self) -> None:
+        if self.comparison not in _COMPARE:
+            raise ValueError(f"comparison must be one of {', '.join(_COMPARE)}, got {self.comparison!r}")
+
+    @property
+    def met(self) -> bool:
+        return self.value is not None and bool(_COMPARE[self.comparison](self.value, self.threshold))
+
+    @property
+    def kind(self) -> str:
+        return "gate" if self.gate else "informational"
+
+    def verdict(self) -> str:
+        return "met" if self.met else "NOT met"
+
+    def describe(self) -> str:
+        """``name: value unit (target >= threshold unit: met)``, the line a report prints."""
+        value = "not measured" if self.value is None else f"{self.value:.5g}{self.unit}"
+        target = f"{self.comparison} {self.threshold:g}{self.unit}"
+        return f"{self.name}: {value} (target {target}: {self.verdict()}, {self.kind})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "value": self.value, "threshold": self.threshold,
+                "comparison": self.comparison, "kind": self.kind, "met": self.met}  # fmt: skip
+
+
+def gate_status(targets: Iterable[Target]) -> int:
+    """The exit status the targets call for: ``GATE_FAILED`` when a gate is not met, else 0."""
+    return GATE_FAILED if any(target.gate and not target.met for target in targets) else 0
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    """``payload`` as indented JSON; NaN and infinity are refused (they are not JSON)."""
     text = json.dumps(payload, indent=2, allow_nan=False) + "\n"
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_text(path: Path, text: str) -> Path:
+    """``text`` with exactly one final newline."""
     return atomic_write(path, lambda tmp: tmp.write_text(text if text.endswith("\n") else text + "\n"))
 
 
@@ -139,3 +198,29 @@ def write_outputs(
     print(markdown)
     print(f"\nwritten: {paths['json']}, {paths['markdown']}, {paths['plot']}")
     return {kind: str(path) for kind, path in paths.items()}
+
+
+def section_markers(key: str) -> tuple[str, str]:
+    return f"<!-- {key}:start -->", f"<!-- {key}:end -->"
+
+
+def write_section(path: str | Path, key: str, heading: str, body: str) -> Path:
+    """Put ``body`` between the ``key`` markers of ``path`` (appended under ``## heading`` if absent)."""
+    path = Path(path)
+    start, end = section_markers(key)
+    text = path.read_text() if path.is_file() else ""
+    block = f"{start}\n{body.strip()}\n{end}"
+    if start in text and end in text and text.index(start) < text.index(end):
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = f"{text.rstrip()}\n\n## {heading}\n\n{block}\n".lstrip()
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_table_section(path: str | Path, key: str, table: str, fallback_heading: str) -> Path:
+    """``write_section`` for a table whose first line is its own ``## heading``: it becomes the
+    section's heading (a table without one goes under ``fallback_heading``)."""
+    first, _, rest = table.strip().partition("\n")
+    if first.startswith("#"):
+        return write_section(path, key, first.lstrip("#").strip(), rest)
+    return write_section(path, key, fallback_heading, table)
