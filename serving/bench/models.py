@@ -1,18 +1,17 @@
-"""What every benchmark shares: the one-line error type, size parsing, model-file discovery and the
-machine description written into every JSON (numbers mean nothing without the machine)."""
+"""Which model files a benchmark runs: ``ModelFile`` (name, bench backend label, path), the files
+found under a run folder or given as ``--model NAME=PATH``, and opening one as a predictor.
+
+The bench backend label is the file's suffix (a fp16 ONNX file is its own row: same runtime,
+other numbers); ``RUNTIME_BACKEND`` maps it to the ``load_predictor`` backend it runs on.
+"""
 
 from __future__ import annotations
 
-import argparse
-import os
-import platform
-import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clda_deploy.errors import CldaError
+from serving.bench.common import BenchError, CommonSettings, option
 
 # Bench backend labels (a fp16 ONNX file is its own row: same runtime, other numbers) and the
 # ``load_predictor`` backend each one runs on.
@@ -25,14 +24,20 @@ RUNTIME_BACKEND = {
 }
 ROLES = ("teacher", "student")
 DEFAULT_RUN = "runs/default"
-# Environment variables that change CPU numbers (recorded with every report).
-THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "KMP_BLOCKTIME", "CUDA_VISIBLE_DEVICES")
-DEFAULT_OUT = "runs/default/bench"
 
 
-class BenchError(CldaError, RuntimeError):
-    """A problem the user can fix (missing file, unknown backend, server not ready); printed as
-    one line and the command exits with status 2."""
+@dataclass(frozen=True)
+class ModelSettings(CommonSettings):
+    """The flags that choose the model files (latency, accuracy) and name the two roles."""
+
+    run_dir: str = option("--models", help=f"run folder to search (default {DEFAULT_RUN})", default=DEFAULT_RUN, metavar="DIR",
+                          recorded=False)  # fmt: skip
+    model_specs: tuple[str, ...] = option("--model", help="model file (repeatable)", default=[], action="append",
+                                          metavar="NAME=PATH", recorded=False)  # fmt: skip
+    backends: tuple[str, ...] = option("--backends", help=f"among {', '.join(BACKENDS)}", default=list(BACKENDS),
+                                       nargs="+", metavar="B", recorded=False)  # fmt: skip
+    student: str = option("--student", help="name of the student model (default student)", default="student")
+    teacher: str = option("--teacher", help="name of the teacher model (default teacher)", default="teacher")
 
 
 @dataclass(frozen=True)
@@ -46,20 +51,6 @@ class ModelFile:
     @property
     def runtime_backend(self) -> str:
         return RUNTIME_BACKEND[self.backend]
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"512x1024"`` -> (height, width); an argparse type, so a bad value is a usage error."""
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(part.isdigit() and int(part) > 0 for part in parts):
-        raise argparse.ArgumentTypeError(
-            f"size must be HEIGHTxWIDTH with positive integers, e.g. 512x1024; got {text!r}"
-        )
-    return int(parts[0]), int(parts[1])
-
-
-def size_label(size: tuple[int, int] | list[int]) -> str:
-    return f"{size[0]}x{size[1]}"
 
 
 def backend_of(path: Path) -> str:
@@ -162,76 +153,12 @@ def select_models(
     return files, missing
 
 
-def describe(exc: BaseException) -> str:
-    """``Type: first line of the message``: why a backend or file was skipped, in one line."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}".strip()
-
-
-def default_threads() -> int:
-    """CPU cores this process may run on (the affinity mask, not the machine's total)."""
+def open_predictor(model: ModelFile, device: str, threads: int | None) -> Any:
+    """``load_predictor`` for one model file (errors propagate: callers decide skip or fail)."""
     try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def command_line(argv: list[str]) -> str:
-    return shlex.join(["python", "-m", "serving.bench", *argv])
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> float | None:
-    """The 1-minute load average (None where the OS has none)."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
-
-
-def machine_info(threads: int | None = None, load_before: float | None = None) -> dict[str, Any]:
-    """CPU model, core counts, memory, library versions, GPU name and the load average before and
-    after the run, for the JSON reports: on a shared machine other processes' load changes every
-    CPU number (oversubscribed OpenMP threads in particular), and the reader must be able to see it."""
-    import torch
-
-    info: dict[str, Any] = {
-        "cpu": _cpu_model(),
-        "logical_cores": os.cpu_count(),
-        "usable_cores": default_threads(),
-        "threads": threads,
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "load_average_1m": {"before": load_before, "after": load_average()},
-        "thread_env": {key: os.environ[key] for key in THREAD_ENV if key in os.environ},
-    }
-    try:
-        import psutil
-
-        info["physical_cores"] = psutil.cpu_count(logical=False)
-        info["memory_gib"] = round(psutil.virtual_memory().total / 2**30, 1)
-    except ImportError:
-        pass
-    try:
-        import onnxruntime
-
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        info["onnxruntime"] = None
-    return info
-
-
-def repo_root() -> Path:
-    """The folder ``python -m serving`` runs from (serving/bench/ sits two levels below it)."""
-    return Path(__file__).resolve().parents[2]
+        from clda_deploy import runtime
+    except ImportError as exc:
+        raise BenchError(
+            f"clda_deploy.runtime cannot be imported ({exc}); install the project with `make setup`"
+        ) from None
+    return runtime.load_predictor(str(model.path), backend=model.runtime_backend, device=device, threads=threads)
