@@ -141,22 +141,20 @@ def evaluate(
     dataset: Any,
     num_classes: int,
     eval_config: EvalConfig,
-    device: torch.device | str = "cpu",
-    workers: int = 0,
-    progress: bool = True,
     save_dir: str | Path | None = None,
     label_id_lut: np.ndarray | None = None,
+    **options: Any,
 ) -> EvalResult:
-    """``evaluate_predictors`` of one predictor: its confusion matrix, predictions saved to
-    ``save_dir`` when given."""
+    """``evaluate_predictors`` of one predictor (``options``: its device, workers, progress): the
+    confusion matrix, and the predictions saved to ``save_dir`` when given."""
 
     def save(_name: str, labels: np.ndarray, image_name: str) -> None:
         save_prediction(labels, image_name, Path(save_dir), label_id_lut)  # type: ignore[arg-type]
 
-    (tally,) = evaluate_predictors(
-        {"model": predict}, dataset, num_classes, eval_config, device, workers, progress,
-        on_prediction=None if save_dir is None else save,
-    ).values()  # fmt: skip
+    on_prediction = None if save_dir is None else save
+    predictors = {"model": predict}
+    (tally,) = evaluate_predictors(predictors, dataset, num_classes, eval_config, on_prediction=on_prediction,
+                                   **options).values()  # fmt: skip
     return EvalResult(matrix=tally.meter.matrix, num_images=tally.images)
 
 

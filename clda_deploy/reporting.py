@@ -131,16 +131,21 @@ def figure(panels: int = 1, width: float = 8.0, height: float = 4.5) -> tuple[An
     return fig, list(axes[0])
 
 
-def draw_bars(
-    axes: Any,
-    groups: Sequence[str],
-    series: dict[str, Sequence[float | None]],
-    ylabel: str,
-    title: str,
-    errors: dict[str, Sequence[float | None]] | None = None,
-) -> None:
-    """A bar per (group, series); missing values leave a gap. ``errors`` are upper error bars (e.g.
-    p90 - p50), drawn so a reader sees the spread and not only the median."""
+@dataclass(frozen=True)
+class Bars:
+    """One bar chart: a bar per (group, series); a None value leaves a gap. ``errors`` are upper
+    error bars (e.g. p90 - p50), drawn so a reader sees the spread and not only the median."""
+
+    groups: Sequence[str]
+    series: dict[str, Sequence[float | None]]
+    ylabel: str
+    title: str
+    errors: dict[str, Sequence[float | None]] | None = None
+
+
+def draw_bars(axes: Any, bars: Bars) -> None:
+    """``bars`` on matplotlib ``axes``."""
+    groups, series, errors = bars.groups, bars.series, bars.errors
     width = 0.8 / max(len(series), 1)
     for index, (name, values) in enumerate(series.items()):
         positions = [g + (index - (len(series) - 1) / 2) * width for g in range(len(groups))]
@@ -152,8 +157,8 @@ def draw_bars(
     crowded = len(groups) > 6
     axes.set_xticks(range(len(groups)))
     axes.set_xticklabels(groups, rotation=30 if crowded else 0, ha="right" if crowded else "center")
-    axes.set_ylabel(ylabel)
-    axes.set_title(title)
+    axes.set_ylabel(bars.ylabel)
+    axes.set_title(bars.title)
     if series:
         axes.legend(fontsize="small")
     axes.grid(axis="y", alpha=0.3)
@@ -170,18 +175,11 @@ def save_figure(path: Path, fig: Any) -> Path:
         plt.close(fig)
 
 
-def grouped_bars(
-    path: Path,
-    groups: Sequence[str],
-    series: dict[str, Sequence[float | None]],
-    ylabel: str,
-    title: str,
-    errors: dict[str, Sequence[float | None]] | None = None,
-) -> Path:
-    """One PNG with one bar chart (see ``draw_bars``)."""
-    width = min(16.0, max(6.0, 0.45 * len(groups) * max(len(series), 1) + 2))
+def grouped_bars(path: Path, bars: Bars) -> Path:
+    """One PNG with one bar chart, as wide as its bars need."""
+    width = min(16.0, max(6.0, 0.45 * len(bars.groups) * max(len(bars.series), 1) + 2))
     fig, (axes,) = figure(1, width=width)
-    draw_bars(axes, groups, series, ylabel, title, errors)
+    draw_bars(axes, bars)
     return save_figure(path, fig)
 
 

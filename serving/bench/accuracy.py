@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from clda_deploy.profiling import predictor_details, time_predictor
-from clda_deploy.reporting import grouped_bars, machine_line, markdown_table
+from clda_deploy.reporting import Bars, grouped_bars, machine_line, markdown_table
 from clda_deploy.statistics import ratio, summarize_timings
 from serving.bench.common import BenchError, BenchRun, Skipped, describe, option, recorded_settings, size_label
 from serving.bench.models import BACKENDS, ModelFile, ModelSettings, open_predictor
@@ -230,4 +230,4 @@ def render_plot(result: AccuracyResult, path: Path) -> Path:
         if row is not None:
             series[f"{label} ({row.miou:.1f} mIoU)"] = [row.per_class_iou.get(c) for c in classes]
     title = f"Per-class IoU on {result.dataset['split']} ({result.reference_backend or '–'})"
-    return grouped_bars(path, classes or ["(no results)"], series, "IoU (%)", title)
+    return grouped_bars(path, Bars(classes or ["(no results)"], series, "IoU (%)", title))

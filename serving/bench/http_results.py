@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from clda_deploy.reporting import Target, draw_bars, figure, fmt, machine_line, markdown_table, save_figure
+from clda_deploy.reporting import Bars, Target, draw_bars, figure, fmt, machine_line, markdown_table, save_figure
 from clda_deploy.statistics import ratio
 from serving.bench.common import BenchRun, recorded_settings, size_label
 
@@ -251,8 +251,8 @@ def render_plot(result: HttpResult, path: Path) -> Path:
             spread[run.label][index] = None if latency is None else latency["p99"] - latency["p50"]
             rps[run.label][index] = cell["throughput_rps"]
     fig, (left, right) = figure(2, width=min(12.0, max(6.0, 1.2 * len(groups) + 2)))
-    draw_bars(left, groups, p50, "milliseconds", "End-to-end latency (p50, bar to p99)", spread)
-    draw_bars(right, groups, rps, "requests / s", "Throughput (200s only)")
+    draw_bars(left, Bars(groups, p50, "milliseconds", "End-to-end latency (p50, bar to p99)", spread))
+    draw_bars(right, Bars(groups, rps, "requests / s", "Throughput (200s only)"))
     return save_figure(path, fig)
 
 
@@ -260,7 +260,7 @@ def _overload_plot(load: Overload, path: Path) -> Path:
     fig, (left, right) = figure(2, width=6.0)
     statuses = list(load.statuses)
     title = f"{len(load.waves)} x {load.requests} requests at once (queue {load.queue_capacity})"
-    draw_bars(left, statuses, {"responses": [load.statuses[s] for s in statuses]}, "count", title)
+    draw_bars(left, Bars(statuses, {"responses": [load.statuses[s] for s in statuses]}, "count", title))
     rss = [load.rss["before_mib"], load.rss["peak_mib"], load.rss["after_mib"]]
-    draw_bars(right, ["before", "peak", "after"], {"server RSS": rss}, "MiB", "Server memory")
+    draw_bars(right, Bars(["before", "peak", "after"], {"server RSS": rss}, "MiB", "Server memory"))
     return save_figure(path, fig)

@@ -16,7 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from clda_deploy.profiling import MatmulRate, count_flops, matmul_rate, predictor_details, random_images, time_predictor
-from clda_deploy.reporting import Target, fmt, grouped_bars, machine_line, markdown_table
+from clda_deploy.reporting import Bars, Target, fmt, grouped_bars, machine_line, markdown_table
 from clda_deploy.statistics import ratio, summarize_timings
 from serving.bench.common import (
     BenchError,
@@ -406,4 +406,4 @@ def render_plot(result: LatencyResult, path: Path) -> Path:
         series[row.backend][groups.index(group(row))] = row.p50
         errors[row.backend][groups.index(group(row))] = row.latency_ms["p90"] - row.p50
     title = f"In-process latency (p50, bar to p90), {result.settings.threads} threads"
-    return grouped_bars(path, groups or ["(no results)"], series, "milliseconds", title, errors)
+    return grouped_bars(path, Bars(groups or ["(no results)"], series, "milliseconds", title, errors))

@@ -30,8 +30,8 @@ DEFAULT_RUN = "runs/default"
 class ModelSettings(CommonSettings):
     """The flags that choose the model files (latency, accuracy) and name the two roles."""
 
-    run_dir: str = option("--models", help=f"run folder to search (default {DEFAULT_RUN})", default=DEFAULT_RUN, metavar="DIR",
-                          recorded=False)  # fmt: skip
+    run_dir: str = option("--models", help=f"run folder to search (default {DEFAULT_RUN})", default=DEFAULT_RUN,
+                          metavar="DIR", recorded=False)  # fmt: skip
     model_specs: tuple[str, ...] = option("--model", help="model file (repeatable)", default=[], action="append",
                                           metavar="NAME=PATH", recorded=False)  # fmt: skip
     backends: tuple[str, ...] = option("--backends", help=f"among {', '.join(BACKENDS)}", default=list(BACKENDS),
