@@ -122,14 +122,8 @@ class LatencyResult:
 
     def speedup_target(self) -> Target | None:
         size, batch = self.primary
-        speedup = next(
-            (
-                s.speedup
-                for s in self.ort_vs_torch
-                if (s.where[1], s.size, s.batch) == (self.settings.student, size, batch)
-            ),
-            None,
-        )
+        student = (self.settings.student, size, batch)
+        speedup = next((s.speedup for s in self.ort_vs_torch if (s.where[1], s.size, s.batch) == student), None)
         return None if speedup is None else Target("ONNX Runtime vs PyTorch eager", speedup, SPEEDUP_TARGET, ">=")
 
     def efficiency(self) -> tuple[LatencyRow, Target] | None:
@@ -342,37 +336,11 @@ def _ratio_lines(result: LatencyResult) -> list[str]:
 def render_markdown(result: LatencyResult, run: BenchRun) -> str:
     """The table a reader wants first, then the ratios, then what was skipped and why."""
     settings = result.settings
-    headers = [
-        "model",
-        "backend",
-        "size",
-        "batch",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "mean ms",
-        "img/s",
-        "GFLOP",
-        "GFLOP/s",
-        "eff. %",
-    ]
-    body = [
-        [
-            r.model,
-            r.backend,
-            size_label(r.size),
-            r.batch,
-            r.latency_ms["p50"],
-            r.latency_ms["p90"],
-            r.latency_ms["p99"],
-            r.latency_ms["mean"],
-            r.images_per_s,
-            r.gflop,
-            r.achieved_gflops,
-            r.efficiency_pct,
-        ]
-        for r in result.results
-    ]
+    headers = ["model", "backend", "size", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "img/s", "GFLOP",
+               "GFLOP/s", "eff. %"]  # fmt: skip
+    latency = [[r.latency_ms[key] for key in ("p50", "p90", "p99", "mean")] for r in result.results]
+    body = [[r.model, r.backend, size_label(r.size), r.batch, *times, r.images_per_s, r.gflop, r.achieved_gflops,
+             r.efficiency_pct] for r, times in zip(result.results, latency, strict=True)]  # fmt: skip
     parts = [
         "## In-process latency",
         "",
