@@ -10,6 +10,9 @@ on the meta device first: no arithmetic is done, so even the teacher at 512x1024
 under a second. On CPU tensors PyTorch's counter has no formula for the CPU flash-attention kernel
 (``_scaled_dot_product_flash_attention_for_cpu``) and would silently leave attention out, so the
 fallback path registers the standard SDPA formula for it; both paths give the same count.
+
+torch is imported where it is used, so that a command line which only parses its flags (``--help``,
+a usage error) does not pay for it.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
 # Environment variables that change CPU numbers (recorded with every report).
 THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "KMP_BLOCKTIME", "CUDA_VISIBLE_DEVICES")
@@ -37,6 +42,8 @@ def synchronize(device: str | torch.device) -> None:
     """Wait for queued CUDA work before a clock stops (kernels are asynchronous: a clock stopped at
     launch measures the launch, not the work); a no-op on CPU."""
     if str(device).startswith("cuda"):
+        import torch
+
         torch.cuda.synchronize()
 
 
@@ -107,15 +114,22 @@ def peak_memory_mib(device: str | torch.device = "cpu") -> float:
     """Peak memory so far: ``torch.cuda.max_memory_allocated`` on CUDA (reset it before the part to
     measure), else this process's peak resident set (``ru_maxrss``, KiB on Linux)."""
     if str(device).startswith("cuda"):
+        import torch
+
         return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _cpu_flash_attention_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, **kwargs: Any) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
 def _flop_counter() -> FlopCounterMode:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     extra: dict[Any, Any] = {}
     cpu_flash = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     if cpu_flash is not None:
@@ -123,7 +137,6 @@ def _flop_counter() -> FlopCounterMode:
     return FlopCounterMode(display=False, custom_mapping=extra)
 
 
-@torch.no_grad()
 def count_flops(model: torch.nn.Module, height: int, width: int, batch: int = 1, device: str = "meta") -> int:
     """Forward FLOPs of ``model`` on a ``[batch,3,height,width]`` input.
 
@@ -131,6 +144,8 @@ def count_flops(model: torch.nn.Module, height: int, width: int, batch: int = 1,
     runs a real forward pass. Should a model hold an op without a meta kernel, the meta count
     falls back to CPU.
     """
+    import torch
+
     if device == "meta":
         try:
             meta_model = copy.deepcopy(model).to("meta").eval()
@@ -143,8 +158,10 @@ def count_flops(model: torch.nn.Module, height: int, width: int, batch: int = 1,
 
 
 def _count(model: torch.nn.Module, images: torch.Tensor) -> int:
+    import torch
+
     counter = _flop_counter()
-    with counter:
+    with counter, torch.no_grad():
         model(images)
     return int(counter.get_total_flops())
 
@@ -176,6 +193,8 @@ def matmul_rate(
     because interference from other processes only ever makes a run slower. On CUDA the clock
     stops after ``torch.cuda.synchronize`` (TF32 stays off, PyTorch's default for matmul).
     """
+    import torch
+
     previous = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -227,6 +246,8 @@ def machine_info(threads: int | None = None, load_before: float | None = None) -
     """CPU model, core counts, memory, library versions, GPU name and the load average before and
     after the run: on a shared machine other processes' load changes every CPU number
     (oversubscribed OpenMP threads in particular), and the reader must be able to see it."""
+    import torch
+
     info: dict[str, Any] = {
         "cpu": _cpu_model(),
         "logical_cores": os.cpu_count(),

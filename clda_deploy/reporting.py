@@ -5,6 +5,8 @@ Every file is written to a temporary name in the same folder and renamed, so an 
 measurement never leaves a truncated report under the final name. A docs section is delimited by
 ``<!-- KEY:start -->`` / ``<!-- KEY:end -->``: a command replaces its own section and leaves the
 hand-written text around it alone; a section not there yet is appended under its heading.
+The writers import ``atomic_write`` (and matplotlib) when they write: building a report, or a
+command only parsing its flags, does not import torch.
 
 A ``Target`` is either a *gate* (a failure changes the command's exit status: parity, gpu-check)
 or *informational* (reported as met / NOT met: benchmark targets measured on whatever machine
@@ -20,8 +22,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-
-from clda_deploy.checkpoint import atomic_write
 
 GATE_FAILED = 3  # exit status of a command whose gate failed (the parity gate's, DESIGN §8)
 _COMPARE = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
@@ -72,12 +72,16 @@ def gate_status(targets: Iterable[Target]) -> int:
 
 def write_json(path: Path, payload: Any) -> Path:
     """``payload`` as indented JSON; NaN and infinity are refused (they are not JSON)."""
+    from clda_deploy.checkpoint import atomic_write
+
     text = json.dumps(payload, indent=2, allow_nan=False) + "\n"
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_text(path: Path, text: str) -> Path:
     """``text`` with exactly one final newline."""
+    from clda_deploy.checkpoint import atomic_write
+
     return atomic_write(path, lambda tmp: tmp.write_text(text if text.endswith("\n") else text + "\n"))
 
 
@@ -168,6 +172,8 @@ def save_figure(path: Path, fig: Any) -> Path:
     """Write ``fig`` as PNG atomically and release it (pyplot keeps every open figure alive)."""
     import matplotlib.pyplot as plt
 
+    from clda_deploy.checkpoint import atomic_write
+
     fig.tight_layout()
     try:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
@@ -204,6 +210,8 @@ def section_markers(key: str) -> tuple[str, str]:
 
 def write_section(path: str | Path, key: str, heading: str, body: str) -> Path:
     """Put ``body`` between the ``key`` markers of ``path`` (appended under ``## heading`` if absent)."""
+    from clda_deploy.checkpoint import atomic_write
+
     path = Path(path)
     start, end = section_markers(key)
     text = path.read_text() if path.is_file() else ""
