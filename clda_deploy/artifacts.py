@@ -180,23 +180,23 @@ class RunLayout:
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
 
-    def stage(self, role: str) -> Path:
+    def run_dir(self, role: str) -> Path:
         """A training stage's run folder (``teacher`` or ``student``)."""
         return self.root / role
 
     def model(self, role: str) -> Path:
-        return self.stage(role) / MODEL_FILE
+        return self.run_dir(role) / MODEL_FILE
 
     def checkpoint(self, role: str) -> Path:
-        return self.stage(role) / CHECKPOINT_FILE
+        return self.run_dir(role) / CHECKPOINT_FILE
 
     def metrics(self, role: str) -> Path:
-        return self.stage(role) / METRICS_FILE
+        return self.run_dir(role) / METRICS_FILE
 
     @property
     def teacher_after(self) -> Path:
         """The teacher as the student stage's S->T updates left it."""
-        return self.stage("student") / TEACHER_AFTER_MODEL
+        return self.run_dir("student") / TEACHER_AFTER_MODEL
 
     @property
     def export(self) -> Path:

@@ -1,8 +1,11 @@
-"""Statistics over seeds: mean ± std and Student-t 95 % confidence intervals, for single rows and
-for paired differences (two rows trained with the same seeds, so same init and data order).
+"""Statistics of measurements: over seeds (mean ± std and Student-t 95 % confidence intervals, for
+single rows and for paired differences) and over timings (percentiles, ratios).
 
-A paired difference removes the seed's own variance, which is what lets a handful of seeds resolve
-effects smaller than the seed-to-seed spread. Pure Python: no SciPy at run time.
+A paired difference (two rows trained with the same seeds, so same init and data order) removes
+the seed's own variance, which is what lets a handful of seeds resolve effects smaller than the
+seed-to-seed spread. Percentiles interpolate linearly (numpy's default, the usual definition), so
+p50 of an even count is the mean of the two middle samples and results do not depend on the order
+in which samples arrived. Pure Python: no SciPy at run time.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["t_quantile", "summarize", "paired_difference"]
+__all__ = ["t_quantile", "summarize", "paired_difference", "percentile", "summarize_timings", "ratio"]
+
+PERCENTILES = (50, 90, 99)
 
 # Two-sided 95 % (0.975 quantile) of Student's t for 1..30 degrees of freedom.
 _T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281, 2.2010, 2.1788,
@@ -52,3 +57,37 @@ def paired_difference(first: Mapping[int, float], second: Mapping[int, float]) -
         raise ValueError("the two rows share no seed: a paired difference needs the same seeds on both")
     differences = [first[seed] - second[seed] for seed in seeds]
     return {**summarize(differences), "seeds": seeds, "per_seed": differences}
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of ``values`` by linear interpolation between order statistics."""
+    if not values:
+        raise ValueError("percentile of an empty sample")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be in 0..100, got {q}")
+    ordered = sorted(float(v) for v in values)
+    position = (len(ordered) - 1) * q / 100.0
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summarize_timings(values_ms: Sequence[float]) -> dict[str, float | int]:
+    """``{"n", "mean", "std", "min", "p50", "p90", "p99", "max"}`` of a sample in milliseconds
+    (``std`` as in ``summarize``: the sample standard deviation, 0 for a single sample)."""
+    if not values_ms:
+        raise ValueError("cannot summarize an empty sample: no request or iteration completed")
+    values = [float(v) for v in values_ms]
+    spread = summarize(values)
+    summary: dict[str, float | int] = {"n": spread["n"], "mean": spread["mean"], "std": spread["std"]}
+    summary["min"] = min(values)
+    summary.update({f"p{q}": percentile(values, q) for q in PERCENTILES})
+    summary["max"] = max(values)
+    return summary
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator``, or None when either is missing or the denominator is not positive."""
+    if numerator is None or denominator is None or denominator <= 0:
+        return None
+    return numerator / denominator

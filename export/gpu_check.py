@@ -7,6 +7,9 @@ PyTorch model on ``--device`` (CUDA, fp32) on random images at the inference siz
 and max |logit| difference, plus the ms per image of each. A ``.plan`` is built and compared too
 when TensorRT is installed. Random weights suffice: parity is about the graph, not the accuracy.
 
+Gate (exit 3 when it fails): fp32 files agree with PyTorch on at least the parity gate's fp32
+pixel share (``export.parity.MIN_AGREEMENT``); fp16 agreement is reported, not gated, as in the
+parity gate. Without a visible CUDA device the check is skipped with the reason and exits 0;
 ``--device cpu`` with a small encoder exercises the same code path in tests.
 """
 
@@ -15,7 +18,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,18 +26,27 @@ import torch
 from clda_deploy.checkpoint import save_model
 from clda_deploy.config import load_config
 from clda_deploy.models.segmenter import build_segmenter
+from clda_deploy.profiling import time_predictor
+from clda_deploy.reporting import Target, gate_status
 from clda_deploy.runtime import Predictor, available_backends, load_predictor
+from export.parity import MIN_AGREEMENT
 
 
 def timed_predict(predictor: Predictor, images: np.ndarray, runs: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Logits, labels and ms per image (after one warm-up call) of ``predictor`` on ``images``."""
-    predictor.predict(images[:1])
-    start = time.perf_counter()
-    for _ in range(runs):
-        prediction = predictor.predict(images)
-    milliseconds = 1000 * (time.perf_counter() - start) / (runs * len(images))
+    """Logits, labels and ms per image of ``predictor`` on ``images`` (the first call, whose outputs
+    are kept, is the warm-up)."""
+    prediction = predictor.predict(images)
     assert prediction.logits is not None
-    return prediction.logits, prediction.labels, milliseconds
+    times = time_predictor(predictor, images, 0, runs, want_logits=True)
+    return prediction.logits, prediction.labels, sum(times) / (runs * len(images))
+
+
+def agreement_target(name: str, agreement: float) -> Target | None:
+    """The gate of an fp32 file (``*_fp32``); None for the others (reported only)."""
+    threshold = MIN_AGREEMENT["fp32"]
+    if not name.endswith("fp32") or threshold is None:
+        return None
+    return Target(f"{name} pixel agreement", agreement, threshold, ">=", gate=True, unit=" %")
 
 
 def export_files(encoder: str, work: Path, with_tensorrt: bool) -> dict[str, Path]:
@@ -68,9 +79,9 @@ def backend_device(name: str, device: str) -> str:
     return device
 
 
-def run(encoder: str, height: int, width: int, batch: int, runs: int, device: str) -> list[str]:
-    """The report lines: one per exported backend, compared with PyTorch on ``device``."""
-    lines = []
+def run(encoder: str, height: int, width: int, batch: int, runs: int, device: str) -> tuple[list[str], list[Target]]:
+    """The report lines (one per exported backend, compared with PyTorch on ``device``) and the gates."""
+    lines, targets = [], []
     with_tensorrt = device.startswith("cuda") and available_backends().get("tensorrt") is None
     with tempfile.TemporaryDirectory(prefix="clda-gpu-check-") as folder:
         files = export_files(encoder, Path(folder), with_tensorrt)
@@ -81,7 +92,8 @@ def run(encoder: str, height: int, width: int, batch: int, runs: int, device: st
         for name, path in files.items():
             predictor = load_predictor(path, device=backend_device(name, device))
             logits, labels, ms = timed_predict(predictor, images, runs)
-            agreement = 100.0 * float((labels == ref_labels).mean())
+            agreement = pixel_agreement(labels, ref_labels)
+            targets += [target for target in [agreement_target(name, agreement)] if target is not None]
             difference = float(np.abs(logits - ref_logits).max())
             lines.append(
                 f"{name} ({predictor.backend}, {','.join(predictor.providers)}): {ms:.1f} ms/image, "
@@ -89,7 +101,12 @@ def run(encoder: str, height: int, width: int, batch: int, runs: int, device: st
             )
             predictor.close()
         reference.close()
-    return lines
+    return lines, targets
+
+
+def pixel_agreement(labels: np.ndarray, reference: np.ndarray) -> float:
+    """Percent of pixels whose label equals the reference's."""
+    return 100.0 * float((labels == reference).mean())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,13 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("gpu-check: no CUDA device visible (torch.cuda.is_available() is False); nothing to check here",
-              file=sys.stderr)  # fmt: skip
-        return 2
+        print("gpu-check: skipped: no CUDA device visible (torch.cuda.is_available() is False)", file=sys.stderr)
+        return 0
     print(f"export parity: {args.encoder} at {args.size[0]}x{args.size[1]}, batch {args.batch}, vs torch {args.device}")
-    for line in run(args.encoder, *args.size, args.batch, args.runs, args.device):
+    lines, targets = run(args.encoder, *args.size, args.batch, args.runs, args.device)
+    for line in lines + [target.describe() for target in targets]:
         print(line)
-    return 0
+    return gate_status(targets)
 
 
 if __name__ == "__main__":

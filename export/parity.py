@@ -17,24 +17,24 @@ to debug them; the non-zero exit status (3) is what stops a pipeline from shippi
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-from tqdm import tqdm
-
-from clda_deploy.checkpoint import load_segmenter, read_config
-from clda_deploy.config import Config, EvalConfig, config_to_dict, load_config
-from clda_deploy.data.labels import EVAL_SUBSETS, NUM_CLASSES
-from clda_deploy.evaluation import iterate_batches
-from clda_deploy.inference import predict_logits, resize_logits, resolve_device
-from clda_deploy.metrics import ConfusionMeter, iou_per_class, mean_iou
-from clda_deploy.runtime import Predictor, load_predictor
+from clda_deploy.checkpoint import load_segmenter
+from clda_deploy.config import Config
+from clda_deploy.evaluation import (
+    Tally,
+    eval_config_for,
+    evaluate_predictors,
+    reported_classes,
+    val_dataset,
+)
+from clda_deploy.inference import resolve_device
+from clda_deploy.metrics import iou_per_class, mean_iou
+from clda_deploy.reporting import Target
+from clda_deploy.runtime import as_logits_fn, load_predictor
 from export import ExportError, write_atomic
 
 log = logging.getLogger("export")
@@ -43,68 +43,12 @@ MAX_DELTA_MIOU = {"fp32": 0.1, "fp16": 0.5}  # mIoU points
 MIN_AGREEMENT = {"fp32": 99.9, "fp16": None}  # percent of pixels equal to PyTorch's labels
 
 
-@dataclass
-class Tally:
-    """Running totals of one backend over the evaluation set."""
-
-    meter: ConfusionMeter
-    agree: int = 0
-    pixels: int = 0
-    max_logit_diff: float = 0.0
-    images: int = 0
-    labels: list[torch.Tensor] = field(default_factory=list)  # this batch's predictions (native size)
-
-
-def logits_of(predictor: Predictor) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Adapt a runtime predictor to ``clda_deploy.inference``: ``[B,3,H,W]`` -> logits ``[B,K,H,W]``."""
-
-    def predict(images: torch.Tensor) -> torch.Tensor:
-        result = predictor.predict(images.detach().cpu().numpy(), want_logits=True)
-        return torch.from_numpy(result.logits)
-
-    return predict
-
-
-def _score(tally: Tally, logits: torch.Tensor, labels: list[torch.Tensor], reference: Tally | None) -> None:
-    """Resize to each label's size, argmax, update the confusion matrix and agreement counts."""
-    tally.labels = []
-    for index, label in enumerate(labels):
-        prediction = resize_logits(logits[index : index + 1], tuple(label.shape[-2:])).argmax(dim=1)[0].cpu()
-        tally.meter.update(prediction, label)
-        tally.labels.append(prediction)
-        if reference is not None:
-            tally.agree += int((prediction == reference.labels[index]).sum())
-            tally.pixels += prediction.numel()
-
-
-def compare(
-    reference: Callable[[torch.Tensor], torch.Tensor],
-    predictors: dict[str, Predictor],
-    dataset: Any,
-    num_classes: int,
-    eval_config: EvalConfig,
-    device: torch.device | str = "cpu",
-    progress: bool = True,
-) -> tuple[Tally, dict[str, Tally]]:
-    """Run the reference and every predictor over ``dataset``; return their tallies."""
-    ref = Tally(ConfusionMeter(num_classes))
-    tallies = {name: Tally(ConfusionMeter(num_classes)) for name in predictors}
-    total = len(dataset) if eval_config.max_images is None else min(eval_config.max_images, len(dataset))
-    mode = (eval_config.mode, eval_config.crop, eval_config.stride)
-    with tqdm(total=total, desc="parity", unit="img", disable=not progress, leave=False) as bar:
-        for batch in iterate_batches(dataset, eval_config.batch_size, 0, eval_config.max_images):
-            images = batch["image"].to(device)
-            with torch.no_grad():
-                ref_logits = predict_logits(reference, images, *mode).cpu()
-            _score(ref, ref_logits, batch["label"], None)
-            ref.images += len(batch["label"])
-            for name, predictor in predictors.items():
-                logits = predict_logits(logits_of(predictor), images, *mode).cpu()
-                diff = float((logits - ref_logits).abs().max())
-                tallies[name].max_logit_diff = max(tallies[name].max_logit_diff, diff)
-                _score(tallies[name], logits, batch["label"], ref)
-            bar.update(len(batch["label"]))
-    return ref, tallies
+def parity_targets(delta_miou: float, agreement: float, precision: str) -> list[Target]:
+    """The gate of one exported file: |ΔmIoU| and, for fp32, pixel agreement with PyTorch."""
+    targets = [Target("|ΔmIoU|", abs(delta_miou), MAX_DELTA_MIOU[precision], "<=", gate=True, unit=" points")]
+    if MIN_AGREEMENT[precision] is not None:
+        targets.append(Target("pixel agreement", agreement, MIN_AGREEMENT[precision], ">=", gate=True, unit=" %"))
+    return targets
 
 
 def backend_report(
@@ -113,9 +57,9 @@ def backend_report(
     """One ``parity.json`` backend entry: the DESIGN §3 keys, the thresholds, per-class deltas."""
     miou, ref_miou = mean_iou(tally.meter.matrix, subset), mean_iou(reference.meter.matrix, subset)
     delta = miou - ref_miou
-    agreement = 100.0 * tally.agree / max(tally.pixels, 1)
+    agreement = tally.agreement
     max_delta, min_agreement = MAX_DELTA_MIOU[precision], MIN_AGREEMENT[precision]
-    passed = abs(delta) <= max_delta and (min_agreement is None or agreement >= min_agreement)
+    passed = all(target.met for target in parity_targets(delta, agreement, precision))
     ious, ref_ious = iou_per_class(tally.meter.matrix), iou_per_class(reference.meter.matrix)
     per_class = {
         name: None if ious[c] is None or ref_ious[c] is None else 100.0 * (ious[c] - ref_ious[c])
@@ -187,13 +131,8 @@ def parity_dataset(
 ) -> tuple[Any, Config]:
     """The target-val set of the checkpoint's config (then ``-c``, then ``--set``); built before any
     export so that a missing dataset fails in seconds, not after the export."""
-    from clda_deploy.data import build_dataset, check_roots
-
-    cfg = load_config(config_path, overrides, base=config_to_dict(read_config(checkpoint)))
-    if max_images is not None:
-        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, max_images=max_images))
-    check_roots({"data.val": cfg.data.val})
-    dataset = build_dataset(cfg.data.val, train=False)
+    cfg = eval_config_for(checkpoint, config_path, overrides, max_images)
+    dataset = val_dataset(cfg)
     if len(dataset) == 0:
         raise ExportError(f"data.val ({cfg.data.val.root}, split {cfg.data.val.split}) has no images")
     return dataset, cfg
@@ -219,13 +158,17 @@ def run_parity(
     log.info(
         "parity on %d images of %s (%s mode): %s", len(dataset), cfg.data.val.root, cfg.eval.mode, ", ".join(files)
     )
+    scored = {"torch": reference, **{name: as_logits_fn(predictor) for name, predictor in predictors.items()}}
     try:
-        ref, tallies = compare(reference, predictors, dataset, cfg.model.num_classes, cfg.eval, torch_device, progress)
+        tallies = evaluate_predictors(
+            scored, dataset, cfg.model.num_classes, cfg.eval, torch_device, progress=progress, reference="torch"
+        )
     finally:
         for predictor in predictors.values():
             predictor.close()
+    ref = tallies.pop("torch")
     class_names = list(dataset.class_names)
-    subset = list(EVAL_SUBSETS[cfg.eval.num_classes_reported]) if len(class_names) == NUM_CLASSES else None
+    subset = reported_classes(cfg, class_names)
     extra = {
         "checkpoint": str(checkpoint),
         "num_images": ref.images,

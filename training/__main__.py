@@ -57,14 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument(
         "-c", "--config", required=True, help="YAML config, e.g. training/configs/synthcity_daformer.yaml"
     )
-    teacher.add_argument("--out", default=None, help=f"run folder (default: {RunLayout().stage('teacher')})")
+    teacher.add_argument("--out", default=None, help=f"run folder (default: {RunLayout().run_dir('teacher')})")
     teacher.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     add_set_argument(teacher)
 
     student = sub.add_parser("student", help="train the CLDA student from a trained teacher")
     student.add_argument("-c", "--config", required=True, help="YAML config, e.g. training/configs/synthcity_clda.yaml")
     student.add_argument("--teacher", required=True, help="the teacher's model.safetensors")
-    student.add_argument("--out", default=None, help=f"run folder (default: {RunLayout().stage('student')})")
+    student.add_argument("--out", default=None, help=f"run folder (default: {RunLayout().run_dir('student')})")
     student.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     add_set_argument(student)
 

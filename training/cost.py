@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from clda_deploy.profiling import peak_memory_mib, time_calls
+from clda_deploy.reporting import markdown_table, write_json, write_text
+from clda_deploy.statistics import ratio, summarize_timings
 
 MODES = ("kd_only", "clda_mapping", "clda_update", "joint")
 
@@ -104,14 +105,27 @@ def measure(mode: str, config: str, teacher_path: str, size: int, steps: int, ru
     """Median step time and peak memory of ``steps`` steps of ``mode`` (run in a fresh process)."""
     trainer, classes = build_trainer(mode, config, teacher_path, size, steps, run_dir)
     streams = {"source": synthetic(2, size, classes), "target": synthetic(2, size, classes)}
-    trainer.step(streams)  # warm-up (and, for CLDA, stage 2's saliency pass happens here)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        trainer.step(streams)
-        times.append(time.perf_counter() - start)
-    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"step_s": statistics.median(times), "peak_mib": peak_mib}
+    # The warm-up step: for CLDA, stage 2's saliency pass happens here.
+    times_ms = time_calls(lambda: trainer.step(streams), 1, steps)
+    return {"step_s": summarize_timings(times_ms)["p50"] / 1000.0, "peak_mib": peak_memory_mib()}
+
+
+def relative_to(results: dict[str, dict[str, float]], base: str = "kd_only") -> dict[str, dict[str, float | None]]:
+    """Every mode's measurements plus ``time_ratio`` and ``memory_ratio`` against ``base``'s."""
+    reference = results[base]
+    return {
+        mode: {**entry, "time_ratio": ratio(entry["step_s"], reference["step_s"]),
+               "memory_ratio": ratio(entry["peak_mib"], reference["peak_mib"])}
+        for mode, entry in results.items()
+    }  # fmt: skip
+
+
+def cost_table(results: dict[str, dict[str, Any]]) -> str:
+    """``cost.md``: one row per mode, times and memory with their ratios to KD-only."""
+    headers = ["mode", "step time (s)", "× KD-only", "peak memory (MiB)", "× KD-only"]
+    rows = [[mode, f"{r['step_s']:.3f}", f"{r['time_ratio']:.3f}", f"{r['peak_mib']:.0f}", f"{r['memory_ratio']:.3f}"]
+            for mode, r in results.items()]  # fmt: skip
+    return markdown_table(headers, rows)
 
 
 def compare(config: str, teacher: str, size: int, steps: int, out: Path) -> dict[str, Any]:
@@ -124,17 +138,12 @@ def compare(config: str, teacher: str, size: int, steps: int, out: Path) -> dict
         if done.returncode != 0:
             raise RuntimeError(f"cost measurement of {mode} failed:\n{done.stderr[-2000:]}")
         results[mode] = json.loads(done.stdout.strip().splitlines()[-1])
-    base = results["kd_only"]
-    for entry in results.values():
-        entry["time_ratio"] = entry["step_s"] / base["step_s"]
-        entry["memory_ratio"] = entry["peak_mib"] / base["peak_mib"]
+    results = relative_to(results)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cost.json").write_text(json.dumps(results, indent=2) + "\n")
-    rows = ["| mode | step time (s) | × KD-only | peak memory (MiB) | × KD-only |", "|---|---|---|---|---|"]
-    rows += [f"| {m} | {r['step_s']:.3f} | {r['time_ratio']:.3f} | {r['peak_mib']:.0f} | {r['memory_ratio']:.3f} |"
-             for m, r in results.items()]  # fmt: skip
-    (out / "cost.md").write_text("\n".join(rows) + "\n")
-    print("\n".join(rows))
+    write_json(out / "cost.json", results)
+    table = cost_table(results)
+    write_text(out / "cost.md", table)
+    print(table)
     return results
 
 

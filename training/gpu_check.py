@@ -6,14 +6,17 @@ pseudo-labels, AMP, the optimizer) on 512×512 crops, batch 2 source + 2 target,
 pass at 512×1024, and prints it/s and peak memory. Synthetic tensors replace the datasets (the GPU
 machine has none); timings do not depend on pixel values.
 
-``--device cpu`` with a small encoder exercises the same code path in tests.
+Gate (exit 3 when it fails, like the export half's parity gate): every timed step's loss is finite
+(mixed precision that overflows shows up as NaN/inf losses, not as an error). Without a visible
+CUDA device the check is skipped with the reason and exits 0, so ``make gpu-check`` passes on a CPU
+machine; ``--device cpu`` with a small encoder exercises the same code path in tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,8 @@ import torch
 
 from clda_deploy.config import load_config
 from clda_deploy.models.segmenter import build_segmenter
+from clda_deploy.profiling import peak_memory_mib, random_images, synchronize, time_calls
+from clda_deploy.reporting import Target, gate_status
 from clda_deploy.uda.daformer import DAFormerTask
 from training.loop import LoopInputs, Trainer
 
@@ -33,11 +38,6 @@ def synthetic_batches(batch: int, size: int, classes: int, device: torch.device)
             "image": torch.randn(batch, 3, size, size, generator=generator).to(device),
             "label": torch.randint(0, classes, (batch, size, size), generator=generator).to(device),
         }
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def check_training(encoder: str, size: int, steps: int, device: torch.device, run_dir: Path) -> dict[str, float]:
@@ -58,31 +58,24 @@ def check_training(encoder: str, size: int, steps: int, device: torch.device, ru
     trainer = Trainer(LoopInputs(cfg, model, task, {}, None, run_dir, device))
     streams = {d: synthetic_batches(cfg.train.batch_size, size, cfg.model.num_classes, device) for d in task.domains}
     trainer.step(streams)  # warm-up: cuDNN autotuning, allocator
-    sync(device)
+    synchronize(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer.step(streams)
-    sync(device)
-    seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    return {"it_per_s": steps / seconds, "peak_gib": peak, "amp": str(trainer.amp_dtype)}
+    losses: list[float] = []
+    times = time_calls(lambda: losses.append(float(trainer.step(streams)["loss"].detach())), 0, steps, device)
+    peak = peak_memory_mib(device) / 1024 if device.type == "cuda" else float("nan")
+    nonfinite = sum(not math.isfinite(loss) for loss in losses)
+    return {"it_per_s": steps / (sum(times) / 1000.0), "peak_gib": peak, "amp": str(trainer.amp_dtype),
+            "nonfinite_losses": nonfinite}  # fmt: skip
 
 
 @torch.no_grad()
 def check_inference(encoder: str, height: int, width: int, runs: int, device: torch.device) -> dict[str, float]:
     model = build_segmenter(encoder).to(device).eval()
-    image = torch.randn(1, 3, height, width, device=device)
-    for _ in range(3):
-        model(image)
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(runs):
-        logits = model(image)
-    sync(device)
-    assert logits.shape[-2:] == (height, width)
-    return {"ms_per_image": 1000 * (time.perf_counter() - start) / runs}
+    image = torch.from_numpy(random_images(height, width)).to(device)
+    times = time_calls(lambda: model(image), 3, runs, device)
+    assert model(image).shape[-2:] == (height, width)
+    return {"ms_per_image": sum(times) / runs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,20 +89,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/gpu_check")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("gpu-check: no CUDA device visible (torch.cuda.is_available() is False); nothing to check here",
-              file=sys.stderr)  # fmt: skip
-        return 2
+        print("gpu-check: skipped: no CUDA device visible (torch.cuda.is_available() is False)", file=sys.stderr)
+        return 0
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name}; torch {torch.__version__}")
+    targets = []
     for role, encoder in (("teacher", args.teacher), ("student", args.student)):
         stats = check_training(encoder, args.size, args.steps, device, Path(args.out))
         print(f"train {role} {encoder} {args.size}x{args.size} batch 2+2 amp={stats['amp']}: "
               f"{stats['it_per_s']:.2f} it/s, peak {stats['peak_gib']:.2f} GiB")  # fmt: skip
+        targets.append(Target(f"{role} non-finite losses", stats["nonfinite_losses"], 0, "<=", gate=True))
     for role, encoder in (("teacher", args.teacher), ("student", args.student)):
         stats = check_inference(encoder, *args.infer, runs=10, device=device)
         print(f"infer {role} {encoder} {args.infer[0]}x{args.infer[1]}: {stats['ms_per_image']:.1f} ms/image")
-    return 0
+    for target in targets:
+        print(target.describe())
+    return gate_status(targets)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ RESUMABLE_CHANGES = (
 
 def run_dir_for(out: str | Path | None, role: str) -> Path:
     """``--out`` when given, else ``runs/default/<role>`` (DESIGN §3)."""
-    return Path(out) if out else RunLayout().stage(role)
+    return Path(out) if out else RunLayout().run_dir(role)
 
 
 def override(cfg: Config, values: Mapping[str, Any]) -> Config:

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import io
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from serving.bench.common import BenchError
+from clda_deploy.profiling import default_threads, predictor_details, time_alternating
+from clda_deploy.statistics import summarize_timings
+from serving.bench.common import BenchError, CommonSettings, describe, option, parse_size
 from serving.bench.http_load import RssSampler, run_load
-from serving.bench.overhead import batching_gains, interleaved_overhead, overheads
+from serving.bench.http_results import HttpResult, Overload, ServerRun
+from serving.bench.models import ModelFile, backend_of, open_predictor
 from serving.bench.server import (
     Server,
     check_loopback,
@@ -32,36 +35,75 @@ from serving.bench.server import (
     wait_ready,
 )
 
-OVERHEAD_TARGET_PCT = 15.0
 OVERLOAD_FACTOR = 4
 BATCHING_MAX_BATCH = 4  # the micro-batching server's max_batch unless --max-batch says otherwise
 
 
 @dataclass(frozen=True)
-class HttpSettings:
-    url: str | None = None
-    models_dir: str | None = None  # --spawn: the folder the spawned servers serve
-    models: tuple[str, ...] = ("student", "teacher")
-    concurrency: tuple[int, ...] = (1, 8)
-    requests: int = 32
-    warmup: int = 2
-    size: tuple[int, int] = (512, 1024)
-    image: str | None = None
-    output_format: str = "png"
-    batching: str = "both"  # --spawn: both | on | off
-    max_batch: int | None = None
-    max_wait_ms: float | None = None
-    queue_size: int | None = None
-    threads: int = 1
-    device: str = "cpu"
-    deadline_s: float = 300.0
-    timeout_s: float = 60.0
-    ready_timeout_s: float = 300.0
-    inprocess_iters: int = 20
-    overload: bool = False
-    overload_waves: int = 3
-    pid: int | None = None
-    progress: bool = True
+class HttpSettings(CommonSettings):
+    threads: int = option(
+        "--threads",
+        default=default_threads,
+        type=int,
+        positive=True,
+        help="server threads (CLDA_THREADS) and the in-process reference's (default: the usable cores)",
+    )
+    url: str | None = option(
+        "--url", help="a running server, e.g. http://127.0.0.1:8000 (loopback only)", default=None, group="target"
+    )
+    spawn: bool = option(
+        "--spawn",
+        help="start `python -m serving` on a free loopback port",
+        default=False,
+        action="store_true",
+        group="target",
+        recorded=False,
+    )
+    models_dir: str | None = option("--models", help="folder the spawned server serves", default="runs/default/export")
+    models: tuple[str, ...] = option("--names", help="models to load", default=["student", "teacher"], nargs="+")
+    concurrency: tuple[int, ...] = option(
+        "--concurrency", help="requests in flight", default=[1, 8], nargs="+", type=int, metavar="C", positive=True
+    )
+    requests: int = option(
+        "--requests", help="requests per (server, model, concurrency) cell", default=32, type=int, positive=True
+    )
+    warmup: int = option("--warmup", help="untimed requests per model before its cells", default=2, type=int)
+    size: tuple[int, int] = option(
+        "--size", help="request image size", default=(512, 1024), type=parse_size, metavar="HxW"
+    )
+    image: str | None = option("--image", help="send this PNG/JPEG instead of a rendered SynthCity scene", default=None)
+    output_format: str = option("--format", help="response format", default="png", choices=("png", "json", "overlay"))
+    batching: str = option("--batching", help="--spawn: which servers", default="both", choices=("both", "on", "off"))
+    max_batch: int | None = option(
+        "--max-batch",
+        help="--spawn: max_batch of the batching server (default 4)",
+        default=None,
+        type=int,
+        positive=True,
+    )
+    max_wait_ms: float | None = option(
+        "--max-wait-ms", help="--spawn: max_wait_ms of the batching server", default=None, type=float
+    )
+    queue_size: int | None = option(
+        "--queue-size", help="--spawn: queue_size per model (server default 16)", default=None, type=int, positive=True
+    )
+    deadline_s: float = option(
+        "--deadline", help="hard limit per cell, seconds (default 300)", default=300.0, type=float
+    )
+    timeout_s: float = option("--timeout", help="limit per request, seconds (default 60)", default=60.0, type=float)
+    ready_timeout_s: float = option(
+        "--ready-timeout", help="wait for /readyz, seconds (default 300)", default=300.0, type=float
+    )
+    inprocess_iters: int = option(
+        "--inprocess-iters", help="timed in-process calls for the overhead", default=20, type=int, positive=True
+    )
+    overload: bool = option(
+        "--overload", help="fire 4x the queue capacity at once instead", default=False, action="store_true"
+    )
+    overload_waves: int = option(
+        "--overload-waves", help="--overload: bursts, one after the other", default=3, type=int, positive=True
+    )
+    pid: int | None = option("--pid", help="--url: the server's process id, to report its RSS", default=None, type=int)
 
 
 def request_image(settings: HttpSettings) -> tuple[bytes, np.ndarray, str]:
@@ -127,7 +169,7 @@ def _cell(server: Server, settings: HttpSettings, model: str, body: bytes, concu
                     settings.output_format)  # fmt: skip
 
 
-def run_cells(server: Server, settings: HttpSettings, body: bytes, bar: Any) -> dict[str, Any]:
+def run_cells(server: Server, settings: HttpSettings, body: bytes, bar: Any) -> ServerRun:
     """Every (model, concurrency) cell on one server, with the server's RSS over the whole run."""
     entries = _entries(server.url, settings.models)
     sampler = RssSampler(server.pid).start()
@@ -140,20 +182,11 @@ def run_cells(server: Server, settings: HttpSettings, body: bytes, bar: Any) -> 
             cells.append(_cell(server, settings, model, body, concurrency, settings.requests))
             bar.update(settings.requests)
     first = entries[settings.models[0]]
-    return {
-        "label": server.label,
-        "url": server.url,
-        "env": server.env,
-        "ready_s": server.ready_s,
-        "max_batch": first.get("max_batch"),
-        "queue_capacity": first.get("queue_capacity"),
-        "models": entries,
-        "rss": sampler.stop(settle_s=0.5),
-        "cells": cells,
-    }
+    return ServerRun(server.label, server.url, server.env, server.ready_s, cells, entries, first.get("max_batch"),
+                     first.get("queue_capacity"), sampler.stop(settle_s=0.5))  # fmt: skip
 
 
-def run_overload(server: Server, settings: HttpSettings, body: bytes) -> dict[str, Any]:
+def run_overload(server: Server, settings: HttpSettings, body: bytes) -> Overload:
     """``OVERLOAD_FACTOR`` x queue capacity requests at once to the first model, in
     ``overload_waves`` successive bursts: memory that is bounded stays flat from wave to wave,
     memory that leaks per rejected request grows with every wave."""
@@ -172,20 +205,51 @@ def run_overload(server: Server, settings: HttpSettings, body: bytes) -> dict[st
     for wave in waves:
         statuses.update(wave["statuses"])
     growth = None if rss["peak_mib"] is None or rss["before_mib"] is None else rss["peak_mib"] - rss["before_mib"]
-    return {
-        "server": server.label,
-        "model": model,
-        "backend": waves[0]["backend"],
-        "queue_capacity": capacity,
-        "factor": OVERLOAD_FACTOR,
-        "requests": count,
-        "statuses": dict(sorted(statuses.items())),
-        "only_200_503": set(statuses) <= {"200", "503"},
-        "rss": rss,
-        "rss_growth_mib": growth,
-        "wall_s": sum(wave["wall_s"] for wave in waves),
-        "waves": waves,
-    }
+    return Overload(server.label, model, waves[0]["backend"], capacity, OVERLOAD_FACTOR, count,
+                    dict(sorted(statuses.items())), set(statuses) <= {"200", "503"}, rss, growth,
+                    sum(wave["wall_s"] for wave in waves), waves)  # fmt: skip
+
+
+def interleaved_overhead(
+    url: str, entries: dict[str, dict[str, Any]], body: bytes, rgb: np.ndarray, settings: HttpSettings
+) -> dict[str, Any]:
+    """Per served model: ``inprocess_iters`` rounds of one request to ``url`` and one in-process call
+    of the served file (labels only, what ``format=png`` needs), alternating; both series' summaries."""
+    import httpx
+
+    from clda_deploy.data.transforms import preprocess_numpy
+
+    images = preprocess_numpy(rgb)
+    result: dict[str, Any] = {}
+    with httpx.Client(base_url=url, timeout=settings.timeout_s, trust_env=False) as client:
+        for model, entry in entries.items():
+            path = Path(entry.get("path") or "")
+            try:
+                predictor = open_predictor(ModelFile(model, backend_of(path), path), settings.device, settings.threads)
+            except Exception as exc:  # e.g. a TensorRT engine served elsewhere, a file this process cannot read
+                result[model] = {"path": str(path), "skipped": describe(exc)}
+                continue
+
+            def request(model: str = model) -> None:
+                params = {"model": model, "format": settings.output_format}
+                response = client.post("/v1/segment", params=params, content=body,
+                                       headers={"Content-Type": "image/png"})  # fmt: skip
+                if response.status_code != 200:
+                    raise BenchError(f"{model}: the server answered {response.status_code}: {response.text[:200]}")
+
+            def local(predictor: Any = predictor) -> None:
+                predictor.predict(images, want_logits=False)
+
+            try:
+                device = str(getattr(predictor, "device", "cpu"))
+                iters = settings.inprocess_iters
+                http_ms, local_ms = time_alternating(request, local, max(settings.warmup, 1), iters, device)
+            finally:
+                predictor.close()
+            result[model] = {"path": str(path), **predictor_details(predictor),
+                             "latency_ms": summarize_timings(local_ms), "http_latency_ms": summarize_timings(http_ms),
+                             "interleaved": True}  # fmt: skip
+    return result
 
 
 def _servers(settings: HttpSettings) -> list[tuple[str, dict[str, str] | None]]:
@@ -209,64 +273,28 @@ def _open(label: str, env: dict[str, str] | None, settings: HttpSettings) -> Ser
     return spawn_server(Path(settings.models_dir or "runs/default/export"), env, label, settings.ready_timeout_s)
 
 
-def _interleaved_headline(run: dict[str, Any], reference: dict[str, Any], model: str) -> dict[str, Any] | None:
-    """The overhead target's number: HTTP p50 over in-process p50 from the interleaved rounds."""
-    entry = reference.get(model, {})
-    if "http_latency_ms" not in entry:
-        return None
-    http_p50, inproc_p50 = entry["http_latency_ms"]["p50"], entry["latency_ms"]["p50"]
-    overhead = 100.0 * (http_p50 / inproc_p50 - 1.0)
-    return {
-        "server": run["label"],
-        "model": model,
-        "backend": entry.get("runtime", run["models"].get(model, {}).get("backend")),
-        "http_p50_ms": http_p50,
-        "inprocess_p50_ms": inproc_p50,
-        "overhead_pct": overhead,
-        "method": "interleaved",
-        "target_pct": OVERHEAD_TARGET_PCT,
-        "met": overhead <= OVERHEAD_TARGET_PCT,
-    }
-
-
-def run_http(settings: HttpSettings) -> dict[str, Any]:
+def run_http(settings: HttpSettings) -> HttpResult:
     """Steps: 1 request image; 2 per server: spawn/wait, cells or overload, stop; 3 in-process
-    reference; 4 overhead and batching ratios."""
+    reference (interleaved with HTTP requests to the first server)."""
     body, rgb, source = request_image(settings)
-    runs, overload = [], None
+    runs: list[ServerRun] = []
+    overload, reference = None, {}
     total = 0 if settings.overload else len(settings.models) * len(settings.concurrency) * settings.requests
-    with tqdm(
-        total=total * len(_servers(settings)), desc="http", unit="req", disable=not settings.progress, leave=False
-    ) as bar:
-        reference: dict[str, Any] = {}
+    bar = tqdm(total=total * len(_servers(settings)), desc="http", unit="req", disable=not settings.progress,
+               leave=False)  # fmt: skip
+    with bar:
         for label, env in _servers(settings):
             server = _open(label, env, settings)
             try:
                 if settings.overload:
                     overload = run_overload(server, settings, body)
-                    runs.append(
-                        {"label": label, "url": server.url, "env": server.env, "ready_s": server.ready_s, "cells": []}
-                    )
+                    runs.append(ServerRun(label, server.url, server.env, server.ready_s, []))
                 else:
                     runs.append(run_cells(server, settings, body, bar))
                     if len(runs) == 1:  # the first server (max_batch=1 when both run): HTTP vs in-process
                         bar.set_postfix_str(f"{label} HTTP vs in-process, interleaved")
-                        reference = interleaved_overhead(server.url, runs[0]["models"], body, rgb, settings)
+                        reference = interleaved_overhead(server.url, runs[0].models or {}, body, rgb, settings)
             finally:
                 stop_server(server)
-    payload: dict[str, Any] = {
-        "settings": {**asdict(settings), "size": list(rgb.shape[:2])},
-        "image": {"size": list(rgb.shape[:2]), "bytes": len(body), "source": source},
-        "servers": runs,
-    }
-    if overload is not None:
-        return {**payload, "overload": overload}
-    rows = overheads(runs, reference)
-    headline = _interleaved_headline(runs[0], reference, settings.models[0]) if runs else None
-    return {
-        **payload,
-        "inprocess": reference,
-        "overhead": rows,
-        "batching": batching_gains(runs),
-        "headline": {"overhead": headline},
-    }
+    image = {"size": list(rgb.shape[:2]), "bytes": len(body), "source": source}
+    return HttpResult(settings, image, runs, reference, overload)

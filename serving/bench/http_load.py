@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from serving.bench.stats import summarize
+from clda_deploy.statistics import summarize_timings
 
 
 @dataclass(frozen=True)
@@ -129,14 +129,14 @@ def summarize_cell(
         "statuses": dict(sorted(statuses.items())),
         "wall_s": wall_s,
         "throughput_rps": len(ok) / wall_s if wall_s > 0 else None,
-        "latency_ms": summarize([o.latency_ms for o in ok]) if ok else None,
+        "latency_ms": summarize_timings([o.latency_ms for o in ok]) if ok else None,
     }
     for key, values in (
         ("server_inference_ms", [o.inference_ms for o in ok]),
         ("server_queue_ms", [o.queue_ms for o in ok]),
     ):
         known = [v for v in values if v is not None]
-        cell[key] = summarize(known) if known else None
+        cell[key] = summarize_timings(known) if known else None
     sizes = [o.batch_size for o in ok if o.batch_size is not None]
     cell["mean_batch_size"] = sum(sizes) / len(sizes) if sizes else None
     return cell

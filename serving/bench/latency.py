@@ -3,38 +3,181 @@
 The speedups that matter are computed inside one run (same machine, same load, same thread count
 for PyTorch and ONNX Runtime, so neither wins by using more cores): ONNX Runtime over PyTorch
 eager, student over teacher, and the student's achieved GFLOP/s against the measured fp32 matmul
-rate. Backends that cannot run here are listed as skipped with the reason.
+rate. Backends that cannot run here are listed as skipped with the reason. The two targets are
+informational: they describe the machine that ran the benchmark as much as the models.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from serving.bench.common import BenchError, ModelFile, describe
-from serving.bench.flops import count_flops, matmul_rate
-from serving.bench.stats import ratio, summarize
-from serving.bench.timing import make_batch, open_predictor, predictor_details, runtime_module, time_predictor
+from clda_deploy.profiling import MatmulRate, count_flops, matmul_rate, predictor_details, random_images, time_predictor
+from clda_deploy.reporting import Bars, Target, fmt, grouped_bars, machine_line, markdown_table
+from clda_deploy.statistics import ratio, summarize_timings
+from serving.bench.common import (
+    BenchError,
+    BenchRun,
+    Skipped,
+    describe,
+    option,
+    parse_size,
+    recorded_settings,
+    size_label,
+)
+from serving.bench.models import ModelFile, ModelSettings, open_predictor
 
 SPEEDUP_TARGET = 2.0  # ORT over PyTorch eager, student at the primary size
 EFFICIENCY_TARGET_PCT = 40.0  # student's achieved GFLOP/s over the matmul rate
 
 
 @dataclass(frozen=True)
-class LatencySettings:
-    sizes: tuple[tuple[int, int], ...] = ((512, 1024), (256, 512))
-    batches: tuple[int, ...] = (1,)
-    warmup: int = 3
-    iters: int = 20
-    threads: int = 1
-    device: str = "cpu"
-    want_logits: bool = False
-    student: str = "student"
-    teacher: str = "teacher"
-    progress: bool = True
-    matmul_size: int = 2048
+class LatencySettings(ModelSettings):
+    sizes: tuple[tuple[int, int], ...] = option(
+        "--sizes", help="input sizes", default=[(512, 1024), (256, 512)], nargs="+", type=parse_size, metavar="HxW"
+    )
+    batches: tuple[int, ...] = option(
+        "--batches", help="batch sizes", default=[1], nargs="+", type=int, metavar="B", positive=True
+    )
+    warmup: int = option("--warmup", help="untimed calls per row (default 3)", default=3, type=int)
+    iters: int = option("--iters", help="timed calls per row (default 20)", default=20, type=int, positive=True)
+    matmul_size: int = option(
+        "--matmul-size", help="N of the N x N fp32 matmul ceiling", default=2048, type=int, positive=True
+    )
+    want_logits: bool = option(
+        "--logits", help="also fetch logits (default: labels only, as served)", default=False, action="store_true"
+    )
+
+
+@dataclass(frozen=True)
+class LatencyRow:
+    """One timed (model file, size, batch): the summary, the raw times, and the rates from its p50."""
+
+    model: str
+    backend: str
+    path: str
+    size: tuple[int, int]
+    batch: int
+    runtime: str
+    device: str
+    providers: list[str]
+    latency_ms: dict[str, float | int]
+    times_ms: list[float]
+    images_per_s: float
+    gflop: float | None = None
+    achieved_gflops: float | None = None
+    efficiency_pct: float | None = None
+
+    @property
+    def p50(self) -> float:
+        return float(self.latency_ms["p50"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "size": list(self.size)}
+
+
+@dataclass(frozen=True)
+class Speedup:
+    """``baseline`` p50 over ``faster`` p50 in one cell; ``where`` names what the two share."""
+
+    where: tuple[str, str]  # ("model", "student") or ("backend", "onnxruntime")
+    size: tuple[int, int]
+    batch: int
+    baseline: tuple[str, float]  # (label, p50 ms)
+    faster: tuple[str, float]
+
+    @property
+    def speedup(self) -> float | None:
+        return ratio(self.baseline[1], self.faster[1])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            self.where[0]: self.where[1],
+            "size": list(self.size),
+            "batch": self.batch,
+            f"{self.baseline[0]}_p50_ms": self.baseline[1],
+            f"{self.faster[0]}_p50_ms": self.faster[1],
+            "speedup": self.speedup,
+        }
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    settings: LatencySettings
+    backends_available: dict[str, Any]
+    matmul: MatmulRate
+    flops: dict[tuple[str, int, int], int]
+    results: list[LatencyRow]
+    skipped: list[Skipped]
+    ort_vs_torch: list[Speedup] = field(default_factory=list)
+    student_vs_teacher: list[Speedup] = field(default_factory=list)
+    stem: str = "latency"
+
+    @property
+    def primary(self) -> tuple[tuple[int, int], int]:
+        return tuple(self.settings.sizes[0]), self.settings.batches[0]  # type: ignore[return-value]
+
+    def speedup_target(self) -> Target | None:
+        size, batch = self.primary
+        student = (self.settings.student, size, batch)
+        speedup = next((s.speedup for s in self.ort_vs_torch if (s.where[1], s.size, s.batch) == student), None)
+        return None if speedup is None else Target("ONNX Runtime vs PyTorch eager", speedup, SPEEDUP_TARGET, ">=")
+
+    def efficiency(self) -> tuple[LatencyRow, Target] | None:
+        """The student's most efficient backend at the primary cell, and the efficiency target."""
+        size, batch = self.primary
+        rows = [r for r in self.results if (r.model, r.size, r.batch) == (self.settings.student, size, batch)]
+        best = max((r for r in rows if r.efficiency_pct is not None), key=lambda r: r.efficiency_pct, default=None)
+        if best is None:
+            return None
+        return best, Target("student efficiency", best.efficiency_pct, EFFICIENCY_TARGET_PCT, ">=", unit="%")
+
+    def targets(self) -> list[Target]:
+        efficiency = self.efficiency()
+        return [t for t in (self.speedup_target(), efficiency and efficiency[1]) if t is not None]
+
+    def to_json(self) -> dict[str, Any]:
+        speedup, efficiency = self.speedup_target(), self.efficiency()
+        size, batch = self.primary
+        headline = {
+            "ort_vs_torch_speedup": None
+            if speedup is None
+            else {"speedup": speedup.value, "target": speedup.threshold, "met": speedup.met},
+            "student_efficiency": None
+            if efficiency is None
+            else {
+                "backend": efficiency[0].backend,
+                "achieved_gflops": efficiency[0].achieved_gflops,
+                "efficiency_pct": efficiency[1].value,
+                "target_pct": efficiency[1].threshold,
+                "met": efficiency[1].met,
+            },
+        }
+        return {
+            "settings": recorded_settings(self.settings),
+            "backends_available": self.backends_available,
+            "matmul": self.matmul.to_json(),
+            "flops": [
+                {"model": m, "size": [h, w], "flops": f, "gflop": f / 1e9} for (m, h, w), f in self.flops.items()
+            ],
+            "results": [row.to_json() for row in self.results],
+            "skipped": [entry.to_json() for entry in self.skipped],
+            "ratios": {
+                "primary": {"size": list(size), "batch": batch, "model": self.settings.student},
+                "ort_vs_torch": [entry.to_json() for entry in self.ort_vs_torch],
+                "student_vs_teacher": [entry.to_json() for entry in self.student_vs_teacher],
+                "headline": headline,
+            },
+        }
+
+    def markdown(self, run: BenchRun) -> str:
+        return render_markdown(self, run)
+
+    def plot(self, path: Path) -> Path:
+        return render_plot(self, path)
 
 
 def model_flops(files: list[ModelFile], settings: LatencySettings) -> dict[tuple[str, int, int], int]:
@@ -51,129 +194,78 @@ def model_flops(files: list[ModelFile], settings: LatencySettings) -> dict[tuple
     return counts
 
 
-def _measure_file(item: ModelFile, settings: LatencySettings, bar: Any) -> tuple[list[dict], list[dict]]:
+def _measure_file(item: ModelFile, settings: LatencySettings, bar: Any) -> tuple[list[dict], list[Skipped]]:
+    """Timings of every size x batch of one file (dicts of ``LatencyRow`` fields less the rates)."""
     cells = len(settings.sizes) * len(settings.batches) * (settings.warmup + settings.iters)
     try:
         predictor = open_predictor(item, settings.device, settings.threads)
     except Exception as exc:  # a backend that cannot run here is reported, not fatal
         bar.update(cells)
-        return [], [{"model": item.name, "backend": item.backend, "path": str(item.path), "reason": describe(exc)}]
+        return [], [Skipped(item.name, item.backend, describe(exc), path=str(item.path))]
     rows, skipped = [], []
     try:
-        for height, width in settings.sizes:
+        for size in settings.sizes:
             for batch in settings.batches:
-                bar.set_postfix_str(f"{item.name} {item.backend} {height}x{width} b{batch}")
+                bar.set_postfix_str(f"{item.name} {item.backend} {size_label(size)} b{batch}")
                 cell = {
                     "model": item.name,
                     "backend": item.backend,
                     "path": str(item.path),
-                    "size": [height, width],
+                    "size": tuple(size),
                     "batch": batch,
                 }
                 try:
-                    images = make_batch(height, width, batch)
+                    images = random_images(*size, batch)
                     times = time_predictor(
                         predictor, images, settings.warmup, settings.iters, settings.want_logits, bar
                     )
                 except Exception as exc:  # e.g. a size outside a TensorRT profile
-                    skipped.append({**cell, "reason": describe(exc)})
+                    skipped.append(Skipped(reason=describe(exc), **cell))
                     continue
-                rows.append({**cell, **predictor_details(predictor), "latency_ms": summarize(times), "times_ms": times})
+                rows.append(
+                    {**cell, **predictor_details(predictor), "latency_ms": summarize_timings(times), "times_ms": times}
+                )
     finally:
         predictor.close()
     return rows, skipped
 
 
-def add_throughput(rows: list[dict], flops: dict[tuple[str, int, int], int], matmul_gflops: float) -> None:
+def with_rates(timing: dict[str, Any], flops: dict[tuple[str, int, int], int], matmul_gflops: float) -> LatencyRow:
     """Images/s and, where FLOPs are known, achieved GFLOP/s and efficiency % (from the p50)."""
-    for row in rows:
-        p50_s = row["latency_ms"]["p50"] / 1000.0
-        row["images_per_s"] = row["batch"] / p50_s
-        per_image = flops.get((row["model"], *row["size"]))
-        row["gflop"] = None if per_image is None else per_image * row["batch"] / 1e9
-        row["achieved_gflops"] = None if per_image is None else row["gflop"] / p50_s
-        row["efficiency_pct"] = None if per_image is None else 100.0 * row["achieved_gflops"] / matmul_gflops
-
-
-def _find(rows: list[dict], model: str, backend: str, size: list[int], batch: int) -> dict | None:
-    for row in rows:
-        if (row["model"], row["backend"], row["size"], row["batch"]) == (model, backend, list(size), batch):
-            return row
-    return None
-
-
-def _p50(row: dict | None) -> float | None:
-    return None if row is None else row["latency_ms"]["p50"]
-
-
-def compute_ratios(rows: list[dict], settings: LatencySettings) -> dict[str, Any]:
-    """Speedups within this run; ``headline`` holds the two targets at the primary size/batch."""
-    cells = [(list(size), batch) for size in settings.sizes for batch in settings.batches]
-    models = list(dict.fromkeys(row["model"] for row in rows))
-    backends = list(dict.fromkeys(row["backend"] for row in rows))
-    ort_vs_torch, student_vs_teacher = [], []
-    for size, batch in cells:
-        for model in models:
-            eager, ort = _find(rows, model, "torch", size, batch), _find(rows, model, "onnxruntime", size, batch)
-            if eager and ort:
-                ort_vs_torch.append(
-                    {
-                        "model": model,
-                        "size": size,
-                        "batch": batch,
-                        "torch_p50_ms": _p50(eager),
-                        "onnxruntime_p50_ms": _p50(ort),
-                        "speedup": ratio(_p50(eager), _p50(ort)),
-                    }
-                )
-        for backend in backends:
-            teacher = _find(rows, settings.teacher, backend, size, batch)
-            student = _find(rows, settings.student, backend, size, batch)
-            if teacher and student:
-                student_vs_teacher.append(
-                    {
-                        "backend": backend,
-                        "size": size,
-                        "batch": batch,
-                        "teacher_p50_ms": _p50(teacher),
-                        "student_p50_ms": _p50(student),
-                        "speedup": ratio(_p50(teacher), _p50(student)),
-                    }
-                )
-    primary_size, primary_batch = cells[0]
-    return {
-        "primary": {"size": primary_size, "batch": primary_batch, "model": settings.student},
-        "ort_vs_torch": ort_vs_torch,
-        "student_vs_teacher": student_vs_teacher,
-        "headline": _headline(rows, ort_vs_torch, settings.student, primary_size, primary_batch),
-    }
-
-
-def _headline(rows: list[dict], ort_vs_torch: list[dict], student: str, size: list[int], batch: int) -> dict[str, Any]:
-    speedup = next(
-        (e["speedup"] for e in ort_vs_torch if (e["model"], e["size"], e["batch"]) == (student, size, batch)), None
+    p50_s = timing["latency_ms"]["p50"] / 1000.0
+    per_image = flops.get((timing["model"], *timing["size"]))
+    if per_image is None:
+        return LatencyRow(**timing, images_per_s=timing["batch"] / p50_s)
+    gflop = per_image * timing["batch"] / 1e9
+    return LatencyRow(
+        **timing,
+        images_per_s=timing["batch"] / p50_s,
+        gflop=gflop,
+        achieved_gflops=gflop / p50_s,
+        efficiency_pct=100.0 * gflop / p50_s / matmul_gflops,
     )
-    candidates = [
-        r
-        for r in rows
-        if (r["model"], r["size"], r["batch"]) == (student, size, batch) and r["efficiency_pct"] is not None
-    ]
-    best = max(candidates, key=lambda r: r["efficiency_pct"], default=None)
-    efficiency = None
-    if best is not None:
-        efficiency = {
-            "backend": best["backend"],
-            "achieved_gflops": best["achieved_gflops"],
-            "efficiency_pct": best["efficiency_pct"],
-            "target_pct": EFFICIENCY_TARGET_PCT,
-            "met": best["efficiency_pct"] >= EFFICIENCY_TARGET_PCT,
-        }
-    return {
-        "ort_vs_torch_speedup": None
-        if speedup is None
-        else {"speedup": speedup, "target": SPEEDUP_TARGET, "met": speedup >= SPEEDUP_TARGET},
-        "student_efficiency": efficiency,
-    }
+
+
+def speedups(rows: list[LatencyRow], settings: LatencySettings) -> tuple[list[Speedup], list[Speedup]]:
+    """ONNX Runtime over PyTorch per model, student over teacher per backend, in every cell."""
+    by_key = {(r.model, r.backend, tuple(r.size), r.batch): r for r in rows}
+    models = list(dict.fromkeys(r.model for r in rows))
+    backends = list(dict.fromkeys(r.backend for r in rows))
+    ort_vs_torch, student_vs_teacher = [], []
+    for size in map(tuple, settings.sizes):
+        for batch in settings.batches:
+            for model in models:
+                eager, ort = by_key.get((model, "torch", size, batch)), by_key.get((model, "onnxruntime", size, batch))
+                if eager and ort:
+                    pair = (("torch", eager.p50), ("onnxruntime", ort.p50))
+                    ort_vs_torch.append(Speedup(("model", model), size, batch, *pair))
+            for backend in backends:
+                teacher = by_key.get((settings.teacher, backend, size, batch))
+                student = by_key.get((settings.student, backend, size, batch))
+                if teacher and student:
+                    pair = (("teacher", teacher.p50), ("student", student.p50))
+                    student_vs_teacher.append(Speedup(("backend", backend), size, batch, *pair))
+    return ort_vs_torch, student_vs_teacher
 
 
 def _compute_device(device: str) -> str:
@@ -187,27 +279,99 @@ def _compute_device(device: str) -> str:
     return device
 
 
-def run_latency(files: list[ModelFile], missing: list[dict], settings: LatencySettings) -> dict[str, Any]:
-    """Steps: 1 device; 2 FLOPs per model/size; 3 matmul rate; 4 time every file/size/batch; 5 ratios."""
+def run_latency(settings: LatencySettings) -> LatencyResult:
+    """Steps: 1 files and device; 2 FLOPs per model/size; 3 matmul rate; 4 time every
+    file/size/batch; 5 rates and speedups."""
+    from clda_deploy.runtime import available_backends
+    from serving.bench.models import select_models
+
+    files, missing = select_models(settings.run_dir, settings.model_specs, settings.backends)
     device = _compute_device(settings.device)
     flops = model_flops(files, settings)
     matmul = matmul_rate(settings.threads, size=settings.matmul_size, device=device)
     total = len(files) * len(settings.sizes) * len(settings.batches) * (settings.warmup + settings.iters)
-    rows: list[dict] = []
-    skipped: list[dict] = [dict(entry) for entry in missing]
+    timings: list[dict] = []
+    skipped = [Skipped(**entry) for entry in missing]
     with tqdm(total=total, desc="latency", unit="call", disable=not settings.progress, leave=False) as bar:
         for item in files:
             file_rows, file_skipped = _measure_file(item, settings, bar)
-            rows += file_rows
+            timings += file_rows
             skipped += file_skipped
-    add_throughput(rows, flops, matmul["gflops"])
-    flop_table = [{"model": m, "size": [h, w], "flops": f, "gflop": f / 1e9} for (m, h, w), f in flops.items()]
-    return {
-        "settings": {**asdict(settings), "sizes": [list(s) for s in settings.sizes], "batches": list(settings.batches)},
-        "backends_available": runtime_module().available_backends(),
-        "matmul": matmul,
-        "flops": flop_table,
-        "results": rows,
-        "skipped": skipped,
-        "ratios": compute_ratios(rows, settings),
-    }
+    rows = [with_rates(timing, flops, matmul.gflops) for timing in timings]
+    ort_vs_torch, student_vs_teacher = speedups(rows, settings)
+    return LatencyResult(settings, available_backends(), matmul, flops, rows, skipped, ort_vs_torch, student_vs_teacher)
+
+
+def _ratio_lines(result: LatencyResult) -> list[str]:
+    matmul, (size, batch) = result.matmul, result.primary
+    where = f"{result.settings.student}, {size_label(size)}, batch {batch}"
+    lines = [f"- fp32 matmul rate ({matmul.size}², threads {matmul.threads}): {matmul.gflops:.1f} GFLOP/s"]
+    speedup = result.speedup_target()
+    if speedup is None:
+        lines.append(f"- ONNX Runtime vs PyTorch eager ({where}): not measured (needs both rows)")
+    else:
+        lines.append(
+            f"- ONNX Runtime vs PyTorch eager ({where}): {speedup.value:.2f}× "
+            f"(target ≥ {speedup.threshold:g}×: {speedup.verdict()})"
+        )
+    efficiency = result.efficiency()
+    if efficiency is None:
+        lines.append(f"- efficiency ({where}): not measured (needs the model's .safetensors for FLOPs)")
+    else:
+        row, target = efficiency
+        lines.append(
+            f"- efficiency ({where}, {row.backend}): {row.achieved_gflops:.1f} GFLOP/s = "
+            f"{target.value:.1f}% of the matmul rate (target ≥ {target.threshold:g}%: {target.verdict()})"
+        )
+    for entry, label in [(e, "student vs teacher") for e in result.student_vs_teacher] + [
+        (e, "ONNX Runtime vs PyTorch eager") for e in result.ort_vs_torch
+    ]:
+        lines.append(
+            f"- {label} ({entry.where[1]}, {size_label(entry.size)}, batch {entry.batch}): "
+            f"speedup {fmt(entry.speedup)}×"
+        )
+    return lines
+
+
+def render_markdown(result: LatencyResult, run: BenchRun) -> str:
+    """The table a reader wants first, then the ratios, then what was skipped and why."""
+    settings = result.settings
+    headers = ["model", "backend", "size", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "img/s", "GFLOP",
+               "GFLOP/s", "eff. %"]  # fmt: skip
+    latency = [[r.latency_ms[key] for key in ("p50", "p90", "p99", "mean")] for r in result.results]
+    body = [[r.model, r.backend, size_label(r.size), r.batch, *times, r.images_per_s, r.gflop, r.achieved_gflops,
+             r.efficiency_pct] for r, times in zip(result.results, latency, strict=True)]  # fmt: skip
+    parts = [
+        "## In-process latency",
+        "",
+        f"`{run.command}`  ",
+        f"{machine_line(run.machine, settings.threads, ' (PyTorch and ONNX Runtime alike)')}  ",
+        f"device {settings.device}, {settings.warmup} warm-up + {settings.iters} timed calls per row",
+        "",
+        markdown_table(headers, body),
+        "",
+        *_ratio_lines(result),
+    ]
+    if result.skipped:
+        skipped = [
+            [s.model, s.backend, "all" if s.size is None else size_label(s.size), s.reason] for s in result.skipped
+        ]
+        parts += ["", "Skipped:", "", markdown_table(["model", "backend", "size", "reason"], skipped)]
+    return "\n".join(parts)
+
+
+def render_plot(result: LatencyResult, path: Path) -> Path:
+    """p50 bars per (model, size, batch) and backend, with the p90 as the upper error bar."""
+
+    def group(row: LatencyRow) -> str:
+        return f"{row.model}\n{size_label(row.size)}{'' if row.batch == 1 else f' b{row.batch}'}"
+
+    groups = list(dict.fromkeys(group(r) for r in result.results))
+    backends = list(dict.fromkeys(r.backend for r in result.results))
+    series: dict[str, list[float | None]] = {b: [None] * len(groups) for b in backends}
+    errors: dict[str, list[float | None]] = {b: [None] * len(groups) for b in backends}
+    for row in result.results:
+        series[row.backend][groups.index(group(row))] = row.p50
+        errors[row.backend][groups.index(group(row))] = row.latency_ms["p90"] - row.p50
+    title = f"In-process latency (p50, bar to p90), {result.settings.threads} threads"
+    return grouped_bars(path, Bars(groups or ["(no results)"], series, "milliseconds", title, errors))

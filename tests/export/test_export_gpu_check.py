@@ -1,19 +1,30 @@
+import export.gpu_check as gpu_check
 from export.gpu_check import main, run
+
+CPU_ARGS = ["--device", "cpu", "--encoder", "mit_cpu_student", "--size", "64", "96", "--batch", "1", "--runs", "1"]
 
 
 def test_export_parity_lines_on_cpu():
-    lines = run("mit_cpu_student", 64, 96, batch=1, runs=1, device="cpu")
+    lines, targets = run("mit_cpu_student", 64, 96, batch=1, runs=1, device="cpu")
     assert lines[0].startswith("torch cpu")
     by_name = {line.split(" ")[0]: line for line in lines[1:]}
     assert set(by_name) == {"onnx_fp32", "onnx_fp16"}
     fp32_agreement = float(by_name["onnx_fp32"].split("pixel agreement ")[1].split(" %")[0])
     assert fp32_agreement >= 99.9
+    (gate,) = targets  # fp32 only: fp16 agreement is reported, not gated
+    assert gate.name == "onnx_fp32 pixel agreement" and gate.gate and gate.met and gate.threshold == 99.9
 
 
-def test_no_cuda_is_one_clear_line(capsys, monkeypatch):
+def test_no_cuda_skips_with_one_clear_line(capsys, monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
-    assert main(["--device", "cuda"]) == 2
-    assert "no CUDA device" in capsys.readouterr().err
+    assert main(["--device", "cuda"]) == 0
+    assert "skipped: no CUDA device" in capsys.readouterr().err
+
+
+def test_fp32_disagreement_fails_the_gate(monkeypatch, capsys):
+    monkeypatch.setattr(gpu_check, "pixel_agreement", lambda labels, reference: 99.0)
+    assert main(CPU_ARGS) == 3
+    assert "onnx_fp32 pixel agreement: 99 % (target >= 99.9 %: NOT met, gate)" in capsys.readouterr().out
 
 
 def test_onnx_files_run_on_the_cpu_provider_when_onnxruntime_has_no_cuda(monkeypatch):

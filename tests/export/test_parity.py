@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from clda_deploy import load_segmenter
+from clda_deploy.evaluation import Tally
 from clda_deploy.metrics import ConfusionMeter
 from export.__main__ import main
-from export.parity import Tally, backend_report
+from export.parity import backend_report
 
 DESIGN_KEYS = {"miou", "delta_miou", "pixel_agreement", "max_abs_logit_diff", "passed"}
 

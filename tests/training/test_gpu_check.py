@@ -1,18 +1,30 @@
 import torch
 
+import training.gpu_check as gpu_check
 from training.gpu_check import main
+
+CPU_ARGS = ["--device", "cpu", "--teacher", "mit_cpu_student", "--student", "mit_cpu_student", "--size", "64",
+            "--steps", "1", "--infer", "64", "96"]  # fmt: skip
 
 
 def test_gpu_check_code_path_runs_on_cpu(tmp_path, capsys):
-    args = ["--device", "cpu", "--teacher", "mit_cpu_student", "--student", "mit_cpu_student", "--size", "64",
-            "--steps", "1", "--infer", "64", "96", "--out", str(tmp_path)]  # fmt: skip
-    assert main(args) == 0
+    assert main([*CPU_ARGS, "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "train teacher mit_cpu_student 64x64" in out and "it/s" in out and "ms/image" in out
+    assert "student non-finite losses: 0 (target <= 0: met, gate)" in out
 
 
-def test_gpu_check_without_cuda_says_so(capsys):
-    if torch.cuda.is_available():
-        return
-    assert main([]) == 2
-    assert "no CUDA device" in capsys.readouterr().err
+def test_gpu_check_without_cuda_skips_with_the_reason(capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main([]) == 0, "a machine without a GPU skips the check; make gpu-check passes there"
+    assert "skipped: no CUDA device" in capsys.readouterr().err
+
+
+def test_non_finite_training_losses_fail_the_gate(tmp_path, monkeypatch, capsys):
+    def diverged(encoder, size, steps, device, run_dir):
+        return {"it_per_s": 1.0, "peak_gib": 1.0, "amp": "torch.bfloat16", "nonfinite_losses": 2}
+
+    monkeypatch.setattr(gpu_check, "check_training", diverged)
+    monkeypatch.setattr(gpu_check, "check_inference", lambda *args, **kwargs: {"ms_per_image": 1.0})
+    assert main([*CPU_ARGS, "--out", str(tmp_path)]) == 3
+    assert "teacher non-finite losses: 2 (target <= 0: NOT met, gate)" in capsys.readouterr().out

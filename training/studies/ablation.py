@@ -285,7 +285,7 @@ def run_ablation(
 
     summary = summarize_ablation(plan, command)
     atomic_write(Path(json_out), lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
-    from clda_deploy.results_doc import write_section
+    from clda_deploy.reporting import write_section
 
     table = markdown(summary)
     write_section(Path(out), "clda_ablation", "CLDA ablation (Tab. 3)", table)

@@ -91,7 +91,7 @@ def run_baselines(
     if out is None:
         atomic_write(Path(json_out).with_suffix(".md"), lambda tmp: tmp.write_text(table + "\n"))
     else:
-        from clda_deploy.results_doc import write_section
+        from clda_deploy.reporting import write_section
 
         write_section(Path(out), "uda_baselines", "UDA baselines on SynthCity", table)
     return summary

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from clda_deploy.config import load_config
-from clda_deploy.results_doc import section_markers
+from clda_deploy.reporting import section_markers
 from training.__main__ import main
 from training.teacher import train_teacher
 
