@@ -108,41 +108,43 @@ def validate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def export_files(args: argparse.Namespace, plan: dict[str, Any]) -> dict[str, tuple[Path, str]]:
-    """Steps 2-5: write the files; returns parity candidates ``name -> (path, precision)``."""
-    from clda_deploy.artifacts import kind_for, model_file_name
+    """Steps 2-5: write the files; returns parity candidates ``backend variant -> (path, precision)``."""
+    from clda_deploy.artifacts import ArtifactKind, kind_for, model_file_name
     from export.to_onnx import export_onnx
 
     out, name, checkpoint = plan["out"], plan["name"], plan["checkpoint"]
-    onnx_path = export_onnx(
-        checkpoint, out / model_file_name(name, kind_for("onnxruntime")), name, exporter=args.exporter
-    )
-    log.info("wrote %s", onnx_path)
-    files = {"onnx_fp32": (onnx_path, "fp32")}
+    files: dict[str, tuple[Path, str]] = {}
+
+    def written(kind: ArtifactKind, path: Path) -> Path:
+        files[kind.variant] = (path, kind.precision)
+        log.info("wrote %s", path)
+        return path
+
+    onnx_kind = kind_for("onnxruntime")
+    onnx_path = written(onnx_kind, export_onnx(checkpoint, out / model_file_name(name, onnx_kind), name,
+                                               exporter=args.exporter))  # fmt: skip
+    half_path = None
     if args.fp16:
         from export.fp16 import convert_fp16
 
-        files["onnx_fp16"] = (
-            convert_fp16(onnx_path, out / model_file_name(name, kind_for("onnxruntime", "fp16"))),
-            "fp16",
-        )
-        log.info("wrote %s", files["onnx_fp16"][0])
+        half_kind = kind_for("onnxruntime", "fp16")
+        half_path = written(half_kind, convert_fp16(onnx_path, out / model_file_name(name, half_kind)))
+    engine_path = None
     if args.tensorrt:
         from export.to_onnx import onnx_metadata
         from export.to_tensorrt import build_engine
 
-        precision = "fp16" if args.fp16 else "fp32"
+        engine_kind = kind_for("tensorrt", "fp16" if args.fp16 else "fp32")
         # TensorRT >= 11 is strongly typed: fp16 must come from the fp16 ONNX (see to_tensorrt).
-        source = files[f"onnx_{precision}"][0] if _tensorrt_major() >= 11 else onnx_path
-        metadata = onnx_metadata(checkpoint, name, precision)
-        plan_file = out / model_file_name(name, kind_for("tensorrt", precision))
-        plan_path = build_engine(source, plan_file, plan["profile"], precision, metadata, args.workspace_gib)
-        files[f"tensorrt_{precision}"] = (plan_path, precision)
-        log.info("wrote %s", plan_path)
+        source = half_path if half_path is not None and _tensorrt_major() >= 11 else onnx_path
+        metadata = onnx_metadata(checkpoint, name, engine_kind.precision)
+        engine_file = out / model_file_name(name, engine_kind)
+        engine = build_engine(source, engine_file, plan["profile"], engine_kind.precision, metadata, args.workspace_gib)
+        engine_path = written(engine_kind, engine)
     if args.triton:
         from export.triton import write_triton_model
 
-        model_file = next((path for key, (path, _) in files.items() if key.startswith("tensorrt")), None)
-        model_file = model_file or files.get("onnx_fp16", files["onnx_fp32"])[0]
+        model_file = engine_path or half_path or onnx_path
         write_triton_model(args.triton, name, model_file, plan["num_classes"], args.triton_max_batch)
     return files
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clda_deploy.artifacts import kind_for, kind_of_variant, model_file_name
 from clda_deploy.checkpoint import save_model
 from clda_deploy.config import load_config
 from clda_deploy.models.segmenter import build_segmenter
@@ -42,15 +43,16 @@ def timed_predict(predictor: Predictor, images: np.ndarray, runs: int) -> tuple[
 
 
 def agreement_target(name: str, agreement: float) -> Target | None:
-    """The gate of an fp32 file (``*_fp32``); None for the others (reported only)."""
+    """The gate of an fp32 file; None for the others (reported only)."""
     threshold = MIN_AGREEMENT["fp32"]
-    if not name.endswith("fp32") or threshold is None:
+    if kind_of_variant(name).precision != "fp32" or threshold is None:
         return None
     return Target(f"{name} pixel agreement", agreement, threshold, ">=", gate=True, unit=" %")
 
 
 def export_files(encoder: str, work: Path, with_tensorrt: bool) -> dict[str, Path]:
-    """Checkpoint -> ``model.onnx`` and ``model.fp16.onnx`` (+ ``model.plan``) with the export stage's code."""
+    """Checkpoint -> ``model.onnx`` and ``model.fp16.onnx`` (+ ``model.plan``) with the export stage's
+    code, keyed by backend variant (``torch`` for the checkpoint itself)."""
     from export.fp16 import convert_fp16
     from export.to_onnx import export_onnx, onnx_metadata
 
@@ -58,20 +60,22 @@ def export_files(encoder: str, work: Path, with_tensorrt: bool) -> dict[str, Pat
     torch.manual_seed(0)
     model = build_segmenter(encoder, cfg.model.head, cfg.model.num_classes, head_channels=cfg.model.head_channels)
     checkpoint = save_model(work / "model.safetensors", model, cfg, role="student")
-    files = {"torch": checkpoint, "onnx_fp32": export_onnx(checkpoint, work / "model.onnx", "model")}
-    files["onnx_fp16"] = convert_fp16(files["onnx_fp32"], work / "model.fp16.onnx")
+    onnx, half, engine = kind_for("onnxruntime"), kind_for("onnxruntime", "fp16"), kind_for("tensorrt")
+    files = {"torch": checkpoint, onnx.variant: export_onnx(checkpoint, work / model_file_name("model", onnx), "model")}
+    files[half.variant] = convert_fp16(files[onnx.variant], work / model_file_name("model", half))
     if with_tensorrt:
         from export.to_tensorrt import Profile, build_engine
 
         metadata = onnx_metadata(checkpoint, "model", "fp32")
-        files["tensorrt_fp32"] = build_engine(files["onnx_fp32"], work / "model.plan", Profile(), "fp32", metadata)
+        plan = work / model_file_name("model", engine)
+        files[engine.variant] = build_engine(files[onnx.variant], plan, Profile(), "fp32", metadata)
     return files
 
 
 def backend_device(name: str, device: str) -> str:
     """``device`` for TensorRT; for ONNX Runtime ``device`` only where its CUDA build is installed
     (the CPU build refuses a CUDA request), else ``cpu``, so the check still compares the graphs."""
-    if name.startswith("onnx") and device.startswith("cuda"):
+    if kind_of_variant(name).backend == "onnxruntime" and device.startswith("cuda"):
         import onnxruntime as ort
 
         if "CUDAExecutionProvider" not in ort.get_available_providers():

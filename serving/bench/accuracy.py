@@ -16,17 +16,18 @@ from typing import Any
 
 import numpy as np
 
+from clda_deploy.artifacts import variants
 from clda_deploy.profiling import predictor_details, time_predictor
 from clda_deploy.reporting import Bars, grouped_bars, machine_line, markdown_table
 from clda_deploy.statistics import ratio, summarize_timings
 from serving.bench.common import BenchError, BenchRun, Skipped, describe, option, recorded_settings, size_label
-from serving.bench.models import BACKENDS, ModelFile, ModelSettings, open_predictor
+from serving.bench.models import ModelFile, ModelSettings, open_predictor
 
 
 @dataclass(frozen=True)
 class AccuracySettings(ModelSettings):
     backends: tuple[str, ...] = option(
-        "--backends", help=f"among {', '.join(BACKENDS)}", default=["torch", "onnxruntime"],
+        "--backends", help=f"among {', '.join(dict.fromkeys(variants()))}", default=["torch", "onnxruntime"],
         nargs="+", metavar="B", recorded=False,
     )  # fmt: skip
     config: str | None = option("-c", "--config", help="YAML config applied over the checkpoint's", default=None)

@@ -17,11 +17,11 @@ def test_faithful_export_passes(exported):
     assert exported["code"] == 0
     payload = exported["parity"]
     assert set(payload) == {"reference", "backends"}
-    assert set(payload["backends"]) == {"onnx_fp32", "onnx_fp16"}
+    assert set(payload["backends"]) == {"onnxruntime", "onnxruntime-fp16"}
     assert payload["reference"]["num_images"] == 4 and 0.0 <= payload["reference"]["miou"] <= 100.0
     for entry in payload["backends"].values():
         assert DESIGN_KEYS <= set(entry) and entry["passed"] is True
-    fp32 = payload["backends"]["onnx_fp32"]
+    fp32 = payload["backends"]["onnxruntime"]
     assert abs(fp32["delta_miou"]) <= 0.1 and fp32["pixel_agreement"] >= 99.9 and fp32["max_abs_logit_diff"] < 1e-3
 
 
@@ -41,11 +41,11 @@ def test_broken_export_fails_the_gate(student_checkpoint, val_root, tmp_path, mo
     assert main([*argv, "--max-images", "2", "--quiet"]) == 3
     payload = json.loads((tmp_path / "parity.json").read_text())["student"]
     assert payload == json.loads((tmp_path / "student.parity.json").read_text())
-    entry = payload["backends"]["onnx_fp32"]
+    entry = payload["backends"]["onnxruntime"]
     assert entry["passed"] is False and entry["pixel_agreement"] < 99.9
     assert payload["reference"]["num_images"] == 2
     captured = capsys.readouterr()
-    assert "FAIL" in captured.out and "parity FAILED for onnx_fp32" in captured.err
+    assert "FAIL" in captured.out and "parity FAILED for onnxruntime" in captured.err
     assert (tmp_path / "student.onnx").is_file(), "files exported before the gate stay"
 
 
@@ -76,7 +76,7 @@ def test_agreement_gates_fp32_only():
 def test_parity_index_keeps_every_model(tmp_path):
     from export.parity import write_parity
 
-    record = {"reference": {"miou": 50.0}, "backends": {"onnx_fp32": {"miou": 50.0, "passed": True}}}
+    record = {"reference": {"miou": 50.0}, "backends": {"onnxruntime": {"miou": 50.0, "passed": True}}}
     write_parity(tmp_path, "student", record)
     write_parity(tmp_path, "teacher", {**record, "reference": {"miou": 60.0}})
     index = json.loads((tmp_path / "parity.json").read_text())

@@ -60,3 +60,13 @@ def test_service_discovery_serves_the_new_kind(fake_kind):
     assert ("student", "fake") in [(spec.name, spec.backend) for spec in specs]
     with pytest.raises(ValueError, match="unknown backend"):
         Settings(backends="nonesuch")
+
+
+def test_bench_discovery_lists_the_new_kind(fake_kind):
+    from serving.bench.models import discover_models, select_models
+
+    files, missing = discover_models(fake_kind)
+    assert ("student", "fake") in [(item.name, item.backend) for item in files]
+    assert ("student", "fake") not in [(entry["model"], entry["backend"]) for entry in missing]
+    selected, _ = select_models(str(fake_kind), [], ["fake"])
+    assert [(item.name, item.runtime_backend) for item in selected] == [("student", "fake")]

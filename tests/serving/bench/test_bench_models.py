@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from serving.bench.common import BenchError, parse_size
-from serving.bench.models import backend_of, discover_models, select_models
+from serving.bench.models import discover_models, model_file, select_models
 
 
 def _touch(path: Path) -> Path:
@@ -21,13 +21,15 @@ def test_parse_size():
             parse_size(bad)
 
 
-def test_backend_of_suffixes(tmp_path):
-    assert backend_of(Path("m.safetensors")) == "torch"
-    assert backend_of(Path("student.onnx")) == "onnxruntime"
-    assert backend_of(Path("student.fp16.onnx")) == "onnxruntime-fp16"
-    assert backend_of(Path("student.plan")) == "tensorrt"
+def test_model_file_backends_come_from_the_artifact_kind(tmp_path):
+    assert model_file(Path("runs/x/student/model.safetensors")).backend == "torch"
+    assert model_file(Path("student.onnx")).backend == "onnxruntime"
+    fp16 = model_file(Path("student.fp16.onnx"))
+    assert (fp16.name, fp16.backend, fp16.runtime_backend) == ("student", "onnxruntime-fp16", "onnxruntime")
+    assert model_file(Path("student.plan")).backend == "tensorrt"
+    assert model_file(Path("student.fp16.plan")).backend == "tensorrt-fp16"
     with pytest.raises(BenchError, match="unknown model file type"):
-        backend_of(Path("student.pt"))
+        model_file(Path("student.pt"))
 
 
 def test_discovery_lists_files_and_says_what_is_missing(tmp_path):
@@ -45,8 +47,15 @@ def test_discovery_lists_files_and_says_what_is_missing(tmp_path):
         ("student", "onnxruntime-fp16"),
     ]
     reasons = {(m["model"], m["backend"]): m["reason"] for m in missing}
-    assert set(reasons) == {("teacher", "onnxruntime-fp16"), ("teacher", "tensorrt"), ("student", "tensorrt")}
-    assert "teacher.plan" in reasons[("teacher", "tensorrt")]
+    assert set(reasons) == {
+        ("teacher", "onnxruntime-fp16"),
+        ("teacher", "tensorrt"),
+        ("teacher", "tensorrt-fp16"),
+        ("student", "tensorrt"),
+        ("student", "tensorrt-fp16"),
+    }
+    assert "teacher.plan (export with --tensorrt on a TensorRT machine)" in reasons[("teacher", "tensorrt")]
+    assert "teacher.fp16.onnx (export with --fp16)" in reasons[("teacher", "onnxruntime-fp16")]
 
 
 def test_selection_errors(tmp_path):
