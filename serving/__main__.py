@@ -78,8 +78,9 @@ def fail(message: str) -> NoReturn:
 def main(argv: Sequence[str] | None = None) -> None:
     import uvicorn
 
+    from clda_deploy.errors import CldaError
     from serving.app import configure_logging, create_app
-    from serving.registry import NoModelsError, discover
+    from serving.registry import discover
 
     args = parse_args(argv)
     try:
@@ -87,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         specs = discover(settings)
     except ValidationError as exc:
         fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()))
-    except (NoModelsError, ValueError) as exc:
+    except CldaError as exc:  # no models, an unreadable file name, ...: anything else keeps its traceback
         fail(str(exc))
     configure_logging(settings.log_level)
     logging.getLogger("serving").info("models: %s", ", ".join(f"{s.name}/{s.backend}" for s in specs))

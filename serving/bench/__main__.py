@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from serving.bench.accuracy import AccuracySettings, run_accuracy
-from serving.bench.common import BenchError, BenchRun, add_options, command_line, settings_from_args
+from serving.bench.common import BenchRun, add_options, command_line, settings_from_args
 from serving.bench.http_bench import HttpSettings, run_http
 from serving.bench.latency import LatencySettings, run_latency
 
@@ -61,11 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse, measure, write the results; 2 on a user-fixable problem, 3 when a gate target fails."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    from clda_deploy.checkpoint import CheckpointError
-    from clda_deploy.config import ConfigError
+    from clda_deploy.errors import CldaError
     from clda_deploy.profiling import load_average, machine_info
     from clda_deploy.reporting import gate_status
-    from clda_deploy.runtime import RuntimeLoadError
 
     command = COMMANDS[args.command]
     load_before = load_average()
@@ -75,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings_from_args(command.settings, args)
         torch.set_num_threads(settings.threads)  # process-wide: the same count for every torch model here
         result = command.run(settings)
-    except (BenchError, ConfigError, CheckpointError, RuntimeLoadError) as exc:
+    except CldaError as exc:  # a problem the user can fix; anything else keeps its traceback
         print(f"python -m serving.bench {args.command}: error: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -3,14 +3,10 @@ and in-thread uvicorn servers with the service tests' fake predictor (fast, cont
 
 import json
 
-import pytest
 from bench_testkit import run_bench
+from serving_testkit import FakeLoader, make_settings, running_server
 
-pytest.importorskip("serving.app", reason="the serving app is not in this checkout")
-
-from serving_testkit import FakeLoader, make_settings, running_server  # noqa: E402
-
-from serving.app import create_app  # noqa: E402
+from serving.app import create_app
 from serving.bench.http_load import Outcome, summarize_cell  # noqa: E402
 
 
