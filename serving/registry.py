@@ -23,12 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from clda_deploy.artifacts import Artifact, ArtifactError, identify, kind_of, variants
+from clda_deploy.artifacts import ArtifactError, kind_of, variants
 from clda_deploy.data.transforms import preprocess_numpy
 from clda_deploy.errors import CldaError
 from serving.batching import MicroBatcher
 from serving.errors import ApiError
 from serving.metrics import ServiceMetrics
+from serving.model_files import ModelFile, model_file
 from serving.settings import Settings
 
 log = logging.getLogger("serving")
@@ -41,30 +42,11 @@ class NoModelsError(CldaError, ValueError):
     """The models folder holds nothing to serve; the message says what was expected."""
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """One served file: model ``name`` run by ``backend`` (an artifact kind's variant label)."""
-
-    artifact: Artifact
-
-    @property
-    def name(self) -> str:
-        return self.artifact.model
-
-    @property
-    def backend(self) -> str:
-        return self.artifact.variant
-
-    @property
-    def path(self) -> Path:
-        return self.artifact.path
-
-
 @dataclass
 class Served:
     """One (model, backend): its state, and once ``ready`` its predictor and batcher."""
 
-    spec: ModelSpec
+    spec: ModelFile
     state: str = "loading"  # loading | ready | failed
     error: str | None = None
     predictor: Any = None
@@ -72,18 +54,18 @@ class Served:
     load_seconds: float | None = None
 
 
-def _spec_for(path: Path) -> ModelSpec | None:
+def _spec_for(path: Path) -> ModelFile | None:
     """The spec of a model file in the models folder; None for other files (parity.json, sidecars)."""
     if kind_of(path) is None or not path.is_file():
         return None
     try:
-        return ModelSpec(identify(path))
+        return model_file(path)
     except ArtifactError as exc:
         log.warning("skipping %s", exc)
         return None
 
 
-def _usable(spec: ModelSpec) -> bool:
+def _usable(spec: ModelFile) -> bool:
     """False (with a warning) when the backend's runtime module is not installed here."""
     from clda_deploy.runtime import missing_module
 
@@ -93,12 +75,12 @@ def _usable(spec: ModelSpec) -> bool:
     return missing is None
 
 
-def discover(settings: Settings) -> list[ModelSpec]:
+def discover(settings: Settings) -> list[ModelFile]:
     """Every (model, backend) to serve, default model first; ``NoModelsError`` when there is none."""
     folder, backends = settings.models, settings.served_backends
     found = [_spec_for(path) for path in sorted(folder.iterdir())] if folder.is_dir() else []
     specs = [spec for spec in found if spec is not None]
-    specs += [ModelSpec(identify(path, model=name)) for name, path in settings.torch_checkpoints.items()]
+    specs += [model_file(path, name) for name, path in settings.torch_checkpoints.items()]
     specs = [spec for spec in specs if spec.backend in backends and _usable(spec)]
     if not specs:
         where = f"{folder} does not exist" if not folder.is_dir() else f"{folder} holds no model file"
@@ -134,7 +116,7 @@ def batch_predict(predictor: Any) -> Callable[[list[np.ndarray]], np.ndarray]:
 class ModelRegistry:
     """All served (model, backend) pairs; ``start`` loads them in a background thread."""
 
-    specs: list[ModelSpec]
+    specs: list[ModelFile]
     settings: Settings
     metrics: ServiceMetrics
     loader: Loader = runtime_loader
@@ -170,7 +152,7 @@ class ModelRegistry:
         spec, settings = served.spec, self.settings
         started = time.perf_counter()
         try:
-            predictor = self.loader(spec.path, spec.artifact.backend, settings.device, settings.threads)
+            predictor = self.loader(spec.path, spec.runtime_backend, settings.device, settings.threads)
             predict = batch_predict(predictor)
             height, width = settings.warmup_size
             predict([np.full((height, width, 3), 128, dtype=np.uint8)])  # first run: allocations, autotuning

@@ -21,7 +21,8 @@ from clda_deploy.profiling import predictor_details, time_predictor
 from clda_deploy.reporting import Bars, grouped_bars, machine_line, markdown_table
 from clda_deploy.statistics import ratio, summarize_timings
 from serving.bench.common import BenchError, BenchRun, Skipped, describe, option, recorded_settings, size_label
-from serving.bench.models import ModelFile, ModelSettings, open_predictor
+from serving.bench.models import ModelSettings, open_predictor
+from serving.model_files import ModelFile
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from clda_deploy.statistics import summarize_timings
 from serving.bench.common import BenchError, CommonSettings, describe, option, parse_size
 from serving.bench.http_load import RssSampler, run_load
 from serving.bench.http_results import HttpResult, Overload, ServerRun
-from serving.bench.models import model_file, open_predictor
+from serving.bench.models import bench_file, open_predictor
 from serving.bench.server import (
     Server,
     check_loopback,
@@ -225,7 +225,7 @@ def interleaved_overhead(
         for model, entry in entries.items():
             path = Path(entry.get("path") or "")
             try:
-                predictor = open_predictor(model_file(path, model), settings.device, settings.threads)
+                predictor = open_predictor(bench_file(path, model), settings.device, settings.threads)
             except Exception as exc:  # e.g. a TensorRT engine served elsewhere, a file this process cannot read
                 result[model] = {"path": str(path), "skipped": describe(exc)}
                 continue

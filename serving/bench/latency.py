@@ -28,7 +28,8 @@ from serving.bench.common import (
     recorded_settings,
     size_label,
 )
-from serving.bench.models import ModelFile, ModelSettings, open_predictor
+from serving.bench.models import ModelSettings, open_predictor
+from serving.model_files import ModelFile
 
 SPEEDUP_TARGET = 2.0  # ORT over PyTorch eager, student at the primary size
 EFFICIENCY_TARGET_PCT = 40.0  # student's achieved GFLOP/s over the matmul rate

@@ -13,17 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from clda_deploy.artifacts import (
-    Artifact,
     ArtifactError,
     ArtifactKind,
     RunLayout,
     artifact_kinds,
     discover_artifacts,
-    identify,
     order_key,
     variants,
 )
 from serving.bench.common import BenchError, CommonSettings, option
+from serving.model_files import ModelFile, model_file
 
 DEFAULT_RUN = str(RunLayout().root)
 
@@ -43,34 +42,10 @@ class ModelSettings(CommonSettings):
     teacher: str = option("--teacher", help="name of the teacher model (default teacher)", default="teacher")
 
 
-@dataclass(frozen=True)
-class ModelFile:
-    """One model file to benchmark: ``name`` (teacher, student, ...), bench ``backend`` (the
-    artifact kind's variant, e.g. ``onnxruntime-fp16``) and path."""
-
-    artifact: Artifact
-
-    @property
-    def name(self) -> str:
-        return self.artifact.model
-
-    @property
-    def backend(self) -> str:
-        return self.artifact.variant
-
-    @property
-    def path(self) -> Path:
-        return self.artifact.path
-
-    @property
-    def runtime_backend(self) -> str:
-        return self.artifact.backend
-
-
-def model_file(path: str | Path, name: str | None = None) -> ModelFile:
+def bench_file(path: str | Path, name: str | None = None) -> ModelFile:
     """The bench's view of one file (``name`` overrides the file's own model name)."""
     try:
-        return ModelFile(identify(path, model=name))
+        return model_file(path, name)
     except ArtifactError as exc:
         raise BenchError(str(exc)) from None
 
@@ -128,7 +103,7 @@ def parse_model_specs(specs: list[str]) -> list[ModelFile]:
         path = Path(path_text)
         if not path.is_file():
             raise BenchError(f"model file not found: {path} (given as --model {spec})")
-        files.append(model_file(path, name))
+        files.append(bench_file(path, name))
     return sorted(dict.fromkeys(files), key=_order)
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from serving.bench.common import BenchError, parse_size
-from serving.bench.models import discover_models, model_file, select_models
+from serving.bench.models import bench_file, discover_models, select_models
 
 
 def _touch(path: Path) -> Path:
@@ -21,15 +21,15 @@ def test_parse_size():
             parse_size(bad)
 
 
-def test_model_file_backends_come_from_the_artifact_kind(tmp_path):
-    assert model_file(Path("runs/x/student/model.safetensors")).backend == "torch"
-    assert model_file(Path("student.onnx")).backend == "onnxruntime"
-    fp16 = model_file(Path("student.fp16.onnx"))
+def test_bench_file_backends_come_from_the_artifact_kind(tmp_path):
+    assert bench_file(Path("runs/x/student/model.safetensors")).backend == "torch"
+    assert bench_file(Path("student.onnx")).backend == "onnxruntime"
+    fp16 = bench_file(Path("student.fp16.onnx"))
     assert (fp16.name, fp16.backend, fp16.runtime_backend) == ("student", "onnxruntime-fp16", "onnxruntime")
-    assert model_file(Path("student.plan")).backend == "tensorrt"
-    assert model_file(Path("student.fp16.plan")).backend == "tensorrt-fp16"
+    assert bench_file(Path("student.plan")).backend == "tensorrt"
+    assert bench_file(Path("student.fp16.plan")).backend == "tensorrt-fp16"
     with pytest.raises(BenchError, match="unknown model file type"):
-        model_file(Path("student.pt"))
+        bench_file(Path("student.pt"))
 
 
 def test_discovery_lists_files_and_says_what_is_missing(tmp_path):
