@@ -1,7 +1,7 @@
 """Measuring predictors and training steps: timing, FLOPs, this machine's matmul rate, peak memory
 and the machine description every measurement is written with (numbers mean nothing without it).
 
-Shared by ``serving.bench``, ``training.cost`` and both ``gpu_check`` commands, so that "warm up,
+Shared by ``serving.bench``, ``training.studies.cost`` and both ``gpu_check`` commands, so that "warm up,
 then time, stopping the clock only after the device finished" is implemented once.
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (2 per multiply-add, matmuls,

@@ -6,32 +6,17 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from training_testkit import CONFIGS, synthcity_overrides
 
 from clda_deploy.artifacts import CHECKPOINT_FILE
 from clda_deploy.checkpoint import load_segmenter
 from clda_deploy.config import load_config
 from training.loop import Trainer
 from training.student import prepare_student, train_student
-from training.teacher import train_teacher
-
-REPO = Path(__file__).resolve().parents[2]
-CONFIGS = REPO / "training" / "configs"
-
-
-def overrides(root: Path) -> list[str]:
-    return [f"data.source.root={root / 'source'}", f"data.target.root={root / 'target'}",
-            f"data.val.root={root / 'target'}"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def smoke_teacher(tiny_synthcity, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("teacher")
-    train_teacher(load_config(CONFIGS / "smoke_teacher.yaml", overrides(tiny_synthcity)), run)
-    return run / "model.safetensors"
 
 
 def student_config(root: Path, *extra: str):
-    return load_config(CONFIGS / "smoke_student.yaml", [*overrides(root), *extra])
+    return load_config(CONFIGS / "smoke_student.yaml", [*synthcity_overrides(root), *extra])
 
 
 def test_student_writes_files_and_only_mapped_blocks_change(tiny_synthcity, smoke_teacher, tmp_path):
@@ -103,31 +88,6 @@ def test_mapping_modes(tiny_synthcity, smoke_teacher, tmp_path, mode):
 def test_incompatible_widths_fail_at_start_naming_the_stage(tiny_synthcity, smoke_teacher, tmp_path):
     with pytest.raises(ValueError, match="stage 1"):
         prepare_student(student_config(tiny_synthcity, "model.encoder=mit_b1"), str(smoke_teacher), tmp_path, False)
-
-
-def test_training_cost_comparison_runs_every_mode(smoke_teacher, tmp_path):
-    from training.cost import MODES, compare
-
-    results = compare(str(CONFIGS / "smoke_student.yaml"), str(smoke_teacher), size=64, steps=2, out=tmp_path)
-    assert set(results) == set(MODES)
-    assert all(r["step_s"] > 0 and r["peak_mib"] > 0 for r in results.values())
-    assert json.loads((tmp_path / "cost.json").read_text()) == results
-    assert (tmp_path / "cost.md").read_text().count("\n") == 2 + len(MODES)
-
-
-def test_training_cost_ratios_are_against_kd_only():
-    from training.cost import cost_table, relative_to
-
-    measured = {"kd_only": {"step_s": 2.0, "peak_mib": 400.0}, "joint": {"step_s": 5.0, "peak_mib": 1000.0}}
-    results = relative_to(measured)
-    assert results["joint"]["time_ratio"] == 2.5 and results["joint"]["memory_ratio"] == 2.5
-    assert results["kd_only"]["step_s"] == 2.0, "the measurements stay beside their ratios"
-    assert cost_table(results).splitlines() == [
-        "| mode | step time (s) | × KD-only | peak memory (MiB) | × KD-only |",
-        "|---|---|---|---|---|",
-        "| kd_only | 2.000 | 1.000 | 400 | 1.000 |",
-        "| joint | 5.000 | 2.500 | 1000 | 2.500 |",
-    ]
 
 
 def test_the_student_stage_teacher_uses_target_batch_statistics_and_changes_nothing(tiny_synthcity, smoke_teacher,

@@ -1,4 +1,4 @@
-"""``python -m training.cost``: CLDA's training cost against KD-only and against joint backprop.
+"""``python -m training.studies.cost``: CLDA's training cost against KD-only and against joint backprop.
 
 The method's claim (paper §1, §5): updating the teacher costs almost nothing because it is never
 backpropagated. Each mode runs in its own process (peak memory is per process) for the same number
@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from clda_deploy.artifacts import RunLayout
 from clda_deploy.profiling import peak_memory_mib, time_calls
 from clda_deploy.reporting import markdown_table, write_json, write_text
 from clda_deploy.statistics import ratio, summarize_timings
@@ -132,7 +133,7 @@ def compare(config: str, teacher: str, size: int, steps: int, out: Path) -> dict
     """Run every mode in its own process; write ``cost.json`` and ``cost.md``."""
     results = {}
     for mode in MODES:
-        command = [sys.executable, "-m", "training.cost", "--mode", mode, "-c", config, "--teacher", teacher,
+        command = [sys.executable, "-m", "training.studies.cost", "--mode", mode, "-c", config, "--teacher", teacher,
                    "--size", str(size), "--steps", str(steps), "--out", str(out)]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
@@ -148,12 +149,12 @@ def compare(config: str, teacher: str, size: int, steps: int, out: Path) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.cost", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m training.studies.cost", description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", default="training/configs/synthcity_clda.yaml")
     parser.add_argument("--teacher", required=True, help="teacher model.safetensors")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--out", default="runs/default/cost")
+    parser.add_argument("--out", default=str(RunLayout().cost))
     parser.add_argument("--mode", choices=MODES, default=None, help="(internal) measure one mode and print JSON")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
