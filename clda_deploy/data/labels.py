@@ -9,6 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from clda_deploy.errors import CldaError
+
+
+class LabelIdError(CldaError, ValueError):
+    """A label image holds ids outside the dataset's id table; the message names the file and the ids."""
+
+
 IGNORE_INDEX = 255
 NUM_CLASSES = 19
 
@@ -80,11 +87,11 @@ def map_labels(raw: np.ndarray, lut: np.ndarray, source: str = "label") -> np.nd
     """Map a raw id image through ``lut``; raise naming ``source`` and the bad ids if any."""
     if raw.size and int(raw.max()) >= lut.shape[0]:
         bad = np.unique(raw[raw >= lut.shape[0]])[:10].tolist()
-        raise ValueError(f"{source}: label ids {bad} are outside the dataset's id table")
+        raise LabelIdError(f"{source}: label ids {bad} are outside the dataset's id table")
     mapped = lut[raw]
     if (mapped < 0).any():
         bad = np.unique(raw[mapped < 0])[:10].tolist()
-        raise ValueError(f"{source}: label ids {bad} are outside the dataset's id table")
+        raise LabelIdError(f"{source}: label ids {bad} are outside the dataset's id table")
     return mapped.astype(np.uint8)
 
 

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from clda_deploy.errors import CldaError
+
 if TYPE_CHECKING:
     from clda_deploy.models.encoders import MiTEncoder
 
@@ -38,13 +40,26 @@ CLASSIFIER_PREFIX = "head."
 LISTED_KEYS = 10
 
 
+class PretrainedWeightsError(CldaError, ValueError):
+    """``model.pretrained`` names weights that cannot be used; the message names the source and why."""
+
+
+class PretrainedWeightsNotFoundError(PretrainedWeightsError, FileNotFoundError):
+    """``model.pretrained`` names a local file that does not exist."""
+
+
+class HubUnavailableError(CldaError, RuntimeError):
+    """A ``timm:<name>`` download failed (no network); the message says to give a local file."""
+
+
 def load_pretrained(encoder: MiTEncoder, source: str) -> None:
     """Load ``source`` into ``encoder`` (in place), strictly.
 
     ``source``: a local ``.pth``/``.pt``/``.bin`` (``torch.load(weights_only=True)``) or
     ``.safetensors`` file, or ``"timm:<hub model name>"`` (downloads; needs the network).
-    Raises FileNotFoundError, or ValueError naming the source and the missing/unexpected/
-    mismatched keys, or RuntimeError when the timm hub cannot be reached.
+    Raises PretrainedWeightsNotFoundError (a FileNotFoundError), PretrainedWeightsError (a
+    ValueError) naming the source and the missing/unexpected/mismatched keys, or
+    HubUnavailableError (a RuntimeError) when the timm hub cannot be reached.
     """
     if source.startswith(TIMM_SCHEME):
         state_dict = _timm_hub_state_dict(source[len(TIMM_SCHEME) :])
@@ -59,7 +74,9 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The tensors of a local weights file, unwrapped from ``state_dict``/``model`` containers."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights {str(path)!r} not found; give a local file or 'timm:<name>'")
+        raise PretrainedWeightsNotFoundError(
+            f"pretrained weights {str(path)!r} not found; give a local file or 'timm:<name>'"
+        )
     suffix = path.suffix.lower()
     if suffix == SAFETENSORS_SUFFIX:
         from safetensors.torch import load_file
@@ -67,7 +84,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         return load_file(str(path), device="cpu")
     if suffix not in TORCH_SUFFIXES:
         valid = ", ".join((*TORCH_SUFFIXES, SAFETENSORS_SUFFIX))
-        raise ValueError(f"{path}: unsupported weights format {suffix!r}; use one of {valid}")
+        raise PretrainedWeightsError(f"{path}: unsupported weights format {suffix!r}; use one of {valid}")
     loaded = torch.load(str(path), map_location="cpu", weights_only=True)
     return _unwrap(loaded, str(path))
 
@@ -80,10 +97,12 @@ def _unwrap(loaded: object, source: str) -> dict[str, Tensor]:
             break
         loaded = inner
     if not isinstance(loaded, Mapping):
-        raise ValueError(f"{source}: expected a dict of tensors, found {type(loaded).__name__}")
+        raise PretrainedWeightsError(f"{source}: expected a dict of tensors, found {type(loaded).__name__}")
     tensors = {key: value for key, value in loaded.items() if isinstance(value, Tensor)}
     if not tensors:
-        raise ValueError(f"{source}: no tensors found (top-level keys: {sorted(map(str, loaded))[:LISTED_KEYS]})")
+        raise PretrainedWeightsError(
+            f"{source}: no tensors found (top-level keys: {sorted(map(str, loaded))[:LISTED_KEYS]})"
+        )
     return tensors
 
 
@@ -142,7 +161,7 @@ def check_state_dict(encoder: MiTEncoder, state_dict: Mapping[str, Tensor], sour
         if keys
     ]
     if problems:
-        raise ValueError(
+        raise PretrainedWeightsError(
             f"pretrained weights {source!r} do not fit encoder {encoder.name!r}: {'; '.join(problems)}. "
             "Check that the file is for this MiT variant (timm's pvt_v2_b0..b4 use MLP ratios 8,8,4,4, "
             "MiT uses 4 everywhere; pvt_v2_b5 matches mit_b5)."
@@ -153,11 +172,11 @@ def _timm_hub_state_dict(model_name: str) -> dict[str, Tensor]:
     import timm
 
     if not timm.is_model(model_name):
-        raise ValueError(f"'timm:{model_name}': timm has no model {model_name!r} (e.g. 'timm:pvt_v2_b5')")
+        raise PretrainedWeightsError(f"'timm:{model_name}': timm has no model {model_name!r} (e.g. 'timm:pvt_v2_b5')")
     try:
         model = timm.create_model(model_name, pretrained=True, num_classes=0)
     except Exception as exc:  # network failures surface as many exception types (OSError, HTTP, hub)
-        raise RuntimeError(
+        raise HubUnavailableError(
             f"could not fetch 'timm:{model_name}' weights: the timm/Hugging Face hub is unreachable or "
             f"refused the download ({type(exc).__name__}: {exc}). Download the weights where there is "
             "network access and pass the local file path instead (e.g. model.pretrained=weights/mit_b5.pth)."

@@ -191,3 +191,14 @@ def test_same_seed_same_weights_on_cpu(tiny_synthcity, tmp_path):
     second, _ = train_teacher(smoke_config(tiny_synthcity, "train.iters=2", "uda.rcs=true"), tmp_path / "b")
     for (name, a), (_, b) in zip(first.model.state_dict().items(), second.model.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
+def test_missing_pretrained_weights_are_one_error_line(tiny_synthcity, tmp_path):
+    process = run_cli(["teacher", "-c", SMOKE_TEACHER, "--out", str(tmp_path / "r"), "--set",
+                       *data_overrides(tiny_synthcity), "model.pretrained=/nonexistent/w.pth"])  # fmt: skip
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 2 and "Traceback" not in err
+    assert (
+        err.strip().splitlines()[-1]
+        == "error: pretrained weights '/nonexistent/w.pth' not found; give a local file or 'timm:<name>'"
+    )
