@@ -14,6 +14,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -347,23 +348,37 @@ _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     """``["a.b=1", "c=[1, 2]"]`` -> nested dict; each value is parsed as YAML."""
-    nested: dict[str, Any] = {}
+    values: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value pairs like train.iters=100, got {pair!r}")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            values[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {key}: cannot parse value {raw!r} as YAML: {exc}") from None
+    return nest(values, "--set ")
+
+
+def nest(values: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """``{"a.b": 1, "a.c": 2}`` -> ``{"a": {"b": 1, "c": 2}}``; ``where`` prefixes the error's key."""
+    nested: dict[str, Any] = {}
+    for key, value in values.items():
+        *sections, name = key.split(".")
         node = nested
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
+        for section in sections:
+            node = node.setdefault(section, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {key}: '{part}' is set both as a value and as a section")
-        node[parts[-1]] = value
+                raise ConfigError(f"{where}{key}: '{section}' is set both as a value and as a section")
+        node[name] = value
     return nested
+
+
+def override(cfg: Config, values: Mapping[str, Any]) -> Config:
+    """``cfg`` with dotted keys set to Python values (``{"train.seed": 1, "clda.alpha": 0.99}``), validated
+    as a YAML layer is (unknown keys, types, choices, ranges). Callers that build configs in Python (the
+    studies) use this instead of formatting ``--set key=value`` strings for the YAML parser."""
+    return config_from_dict(merge(config_to_dict(cfg), nest(values)))
 
 
 def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

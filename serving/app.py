@@ -83,7 +83,7 @@ def _model_entry(registry: ModelRegistry, key: tuple[str, str]) -> ModelEntry:
     served = registry.entries[key]
     predictor, batcher = served.predictor, served.batcher
     info = getattr(predictor, "info", None)
-    default_backend = next(b for b in registry.settings.served_backends if (key[0], b) in registry.entries)
+    default_backend = next(b for b in registry.backends if (key[0], b) in registry.entries)
     return ModelEntry(
         name=key[0],
         backend=key[1],

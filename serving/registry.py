@@ -121,11 +121,13 @@ class ModelRegistry:
     metrics: ServiceMetrics
     loader: Loader = runtime_loader
     entries: dict[tuple[str, str], Served] = field(init=False)
+    backends: tuple[str, ...] = field(init=False)  # settings.served_backends, resolved once
     _stop: threading.Event = field(init=False, default_factory=threading.Event)
     _thread: threading.Thread | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.entries = {(spec.name, spec.backend): Served(spec) for spec in self.specs}
+        self.backends = self.settings.served_backends
 
     @property
     def names(self) -> list[str]:
@@ -199,7 +201,7 @@ class ModelRegistry:
         name = model or self.default_model
         if name not in self.names:
             raise ApiError(404, f"unknown model {name!r}; available models: {', '.join(self.names)}")
-        backends = self.settings.served_backends
+        backends = self.backends
         group = [self.entries[(name, b)] for b in backends if (name, b) in self.entries]
         if backend is not None:
             group = [served for served in group if served.spec.backend == backend]

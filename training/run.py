@@ -9,12 +9,11 @@ file, saliency subsets and CLDA task).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from clda_deploy.artifacts import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, MODEL_FILE, RunLayout
-from clda_deploy.config import Config, ConfigError, config_from_dict, config_to_dict, merge, save_config
+from clda_deploy.config import Config, ConfigError, config_to_dict, save_config
 
 # Keys that may change between a run and its resume without changing what is being trained.
 RESUMABLE_CHANGES = (
@@ -32,22 +31,6 @@ RESUMABLE_CHANGES = (
 def run_dir_for(out: str | Path | None, role: str) -> Path:
     """``--out`` when given, else ``runs/default/<role>`` (DESIGN §3)."""
     return Path(out) if out else RunLayout().run_dir(role)
-
-
-def override(cfg: Config, values: Mapping[str, Any]) -> Config:
-    """``cfg`` with dotted keys set to Python values (``{"train.seed": 1, "clda.alpha": 0.99}``), validated
-    as a YAML layer is (unknown keys, types, choices, ranges). Callers that build configs in Python (the
-    studies) use this instead of formatting ``--set key=value`` strings for the YAML parser."""
-    nested: dict[str, Any] = {}
-    for key, value in values.items():
-        *sections, name = key.split(".")
-        node = nested
-        for section in sections:
-            node = node.setdefault(section, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"{key}: '{section}' is set both as a value and as a section")
-        node[name] = value
-    return config_from_dict(merge(config_to_dict(cfg), nested))
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

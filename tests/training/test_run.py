@@ -1,17 +1,16 @@
-"""training/run.py: the run setup the teacher and student commands share (typed overrides, run folder,
-config differences, the resume check, the run folder's config)."""
+"""training/run.py: the run setup the teacher and student commands share (run folder, config
+differences, the resume check, the run folder's config), and the typed overrides it is built with."""
 
 from pathlib import Path
 
 import pytest
 
-from clda_deploy.config import ConfigError, config_to_dict, load_config
+from clda_deploy.config import ConfigError, config_to_dict, load_config, override
 from training.distributed import DistInfo
 from training.run import (
     check_resumable,
     config_differences,
     flatten,
-    override,
     run_dir_for,
     save_run_config,
 )

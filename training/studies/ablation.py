@@ -10,7 +10,7 @@ Rows, each a student of ``-c``'s config trained from the same teacher file:
 - ``teacher_before`` (the given teacher) and ``teacher_after`` (after each ``clda_channel`` run's S->T).
 
 Each row's config is the ``-c`` config (with its ``--set`` pairs) plus the row's typed values
-(``row_values``, applied with ``training.run.override``); the student rows train through the student
+(``row_values``, applied with ``clda_deploy.config.override``); the student rows train through the student
 command's functions, the independent row through the teacher command's.
 
 Cost: per (seed, init) one prefix run (the ``clda_channel`` config up to T3) keeps snapshots at T2 and
@@ -34,9 +34,8 @@ from typing import Any
 
 from clda_deploy.artifacts import CHECKPOINT_FILE, CONFIG_FILE, METRICS_FILE, SALIENCY_FILE
 from clda_deploy.checkpoint import atomic_write
-from clda_deploy.config import Config
+from clda_deploy.config import Config, override
 from training.errors import UsageError
-from training.run import override
 
 INITS = ("random", "teacher")
 MAIN_ROWS = ("independent_student", "kd_only", "clda_random", "clda_channel")

@@ -25,7 +25,7 @@ UDA_GAIN_TARGET = 5.0  # mIoU points DAFormer UDA must recover over source-only 
 
 def run_one(base: Config, mode: str, seed: int, runs: Path) -> float:
     """Train one baseline from ``base`` (or reuse a finished run) and return its target-val mIoU."""
-    from training.run import override
+    from clda_deploy.config import override
     from training.teacher import run_teacher
 
     run_dir = runs / f"{mode}-s{seed}"
