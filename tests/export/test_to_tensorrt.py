@@ -30,15 +30,21 @@ def test_require_tensorrt_names_the_reason():
 @needs_tensorrt
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_engine_matches_onnx_runtime(exported, tmp_path, precision):
-    import tensorrt as trt
+    import json
 
+    from clda_deploy.artifacts import kind_for, model_file_name
     from export.to_onnx import onnx_metadata
-    from export.to_tensorrt import build_engine
+    from export.to_tensorrt import TensorRTOptions, build_engine
 
-    source = exported["fp16"] if precision == "fp16" and int(trt.__version__.split(".")[0]) >= 11 else exported["onnx"]
+    source = exported["fp16"] if precision == "fp16" else exported["onnx"]  # strongly typed: the ONNX's types
     metadata = onnx_metadata(exported["parity"]["reference"]["checkpoint"], "student", precision)
     profile = Profile((1, 3, 64, 64), (2, 3, 128, 256), (3, 3, 256, 512))
-    plan = build_engine(source, tmp_path / "student.plan", profile, precision, metadata, workspace_gib=1.0)
+    options = TensorRTOptions(profile, workspace_gib=1.0, timing_cache=tmp_path / "timing.cache")
+    plan_path = tmp_path / model_file_name("student", kind_for("tensorrt", precision))
+    plan = build_engine(source, plan_path, precision, metadata, options)
+    sidecar = json.loads((tmp_path / f"{plan.name}.json").read_text())
+    assert sidecar["strongly_typed"] and sidecar["tf32"] == (precision != "fp32")
+    assert sidecar["timing_cache_status"] == "new" and (tmp_path / "timing.cache").stat().st_size > 0
     engine = load_predictor(plan)
     assert engine.backend == "tensorrt" and engine.info.name == "student" and engine.device.startswith("cuda")
     images = np.random.default_rng(0).standard_normal((3, 3, 200, 300)).astype(np.float32)
@@ -49,6 +55,8 @@ def test_engine_matches_onnx_runtime(exported, tmp_path, precision):
     with pytest.raises(ValueError, match="outside the engine's profile"):
         engine.predict(np.zeros((4, 3, 64, 64), np.float32))
     engine.close()
+    build_engine(source, plan_path, precision, metadata, options)  # a rebuild reuses the cache
+    assert json.loads((tmp_path / f"{plan.name}.json").read_text())["timing_cache_status"] == "reused"
 
 
 def test_engine_and_sidecar_are_written_together(tmp_path, student_checkpoint):
