@@ -405,3 +405,55 @@ def save_engine(serialized: Any, plan_path: str | Path, sidecar: dict[str, Any])
     plan = write_atomic(plan_path, write)
     write_atomic(engine_sidecar(plan), lambda tmp: tmp.write_text(json.dumps(sidecar, indent=2)))
     return plan
+
+
+def onnx_file_metadata(onnx_path: Path, precision: str) -> dict[str, str]:
+    """The ``clda_*`` metadata an exported ONNX carries, with the engine's precision; lets a Jetson
+    build its engine from a copied ONNX without the checkpoint or torch."""
+    import onnx
+
+    from clda_deploy.runtime.metadata import META_PRECISION
+
+    try:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends on a damaged file
+        raise ExportError(f"cannot read {onnx_path} ({exc}); re-export it with python -m export") from None
+    metadata = {prop.key: prop.value for prop in model.metadata_props}
+    return {**metadata, META_PRECISION: precision}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m export.to_tensorrt ONNX --precision P``: an engine from an exported ONNX, on the
+    machine that will run it (engines are tied to its GPU and TensorRT version)."""
+    import sys
+
+    from clda_deploy.artifacts import ArtifactError, kind_for, model_file_name
+    from clda_deploy.errors import CldaError
+
+    parser = argparse.ArgumentParser(prog="python -m export.to_tensorrt", description=main.__doc__.splitlines()[0])
+    parser.add_argument("onnx", help="<name>.onnx, <name>.fp16.onnx or <name>.int8-trt.onnx from python -m export")
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
+    parser.add_argument("--out", default=None, help="folder of the engine (default: the ONNX's)")
+    add_tensorrt_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="export: %(message)s")
+    try:
+        options = tensorrt_options(args)
+        onnx_path = Path(args.onnx)
+        check_source(onnx_path, args.precision, options.weakly_typed)
+        require_tensorrt()
+        try:
+            name = onnx_path.name[: -len(source_suffix(args.precision, options.weakly_typed))]
+            plan = Path(args.out or onnx_path.parent) / model_file_name(name, kind_for("tensorrt", args.precision))
+        except ArtifactError as exc:
+            raise ExportError(str(exc)) from None
+        metadata = onnx_file_metadata(onnx_path, args.precision)
+        print(build_engine(onnx_path, plan, args.precision, metadata, options))
+    except CldaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

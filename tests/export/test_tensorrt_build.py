@@ -321,3 +321,20 @@ def test_cli_presets_and_overrides(tmp_path):
         parse(["--profile", "raspberry"])
     with pytest.raises(ExportError, match="choose from desktop, orin-agx, orin-nano"):
         profile_from_args("raspberry")
+
+
+def test_engine_from_a_copied_onnx_on_the_device(tmp_path, installed, monkeypatch, exported):
+    """``python -m export.to_tensorrt`` builds from the ONNX alone, with the ONNX's own metadata."""
+    import shutil
+
+    import export.to_tensorrt as to_tensorrt
+
+    installed("10.3.0")
+    monkeypatch.setattr(to_tensorrt, "require_tensorrt", lambda: None)
+    source = tmp_path / "student.fp16.onnx"
+    shutil.copyfile(exported["fp16"], source)
+    assert to_tensorrt.main([str(source), "--precision", "fp16", "--profile", "orin-nano"]) == 0
+    sidecar = sidecar_of(tmp_path / "student.fp16.plan")
+    assert sidecar["preset"] == "orin-nano" and sidecar["metadata"]["clda_name"] == "student"
+    assert sidecar["metadata"]["clda_precision"] == "fp16" and "clda_classes" in sidecar["metadata"]
+    assert to_tensorrt.main([str(source), "--precision", "fp32"]) == 2  # an fp16 file is no fp32 source
