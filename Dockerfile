@@ -15,7 +15,8 @@ COPY pyproject.toml README.md ./
 COPY clda_deploy ./clda_deploy
 COPY serving ./serving
 # onnxruntime-gpu and the CPU onnxruntime wheel install the same module: keep only the GPU one.
-RUN pip install ".[serve,gpu]" \
+# openvino runs the CPU variants (f32/bf16 ONNX, the INT8 IR) that passed their gate.
+RUN pip install ".[serve,gpu,openvino]" \
  && pip uninstall -y onnxruntime \
  && pip install --force-reinstall --no-deps "onnxruntime-gpu>=1.18"
 

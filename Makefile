@@ -70,14 +70,14 @@ EXPORT := $(RUN)/export
 # TensorRT engines too where TensorRT and a GPU are there (the export says so if not).
 TENSORRT_FLAG = $$($(PY) -c "import tensorrt, torch; assert torch.cuda.is_available()" 2>/dev/null && echo --tensorrt)
 
-# make export = ONNX (fp32 + fp16) of student and teacher, each gated by the parity check.
+# make export = ONNX (fp32, fp16, INT8 Q/DQ) of student and teacher, every variant gated by the parity check.
 export: $(EXPORT)/student.onnx $(EXPORT)/teacher.onnx
 
 $(EXPORT)/student.onnx: $(STUDENT) | $(STAMP)
-	$(PY) -m export --checkpoint $< --out $(EXPORT) --name student --fp16 $(TENSORRT_FLAG)
+	$(PY) -m export --checkpoint $< --out $(EXPORT) --name student --fp16 --int8 $(TENSORRT_FLAG)
 
 $(EXPORT)/teacher.onnx: $(TEACHER) | $(STAMP)
-	$(PY) -m export --checkpoint $< --out $(EXPORT) --name teacher --fp16 $(TENSORRT_FLAG)
+	$(PY) -m export --checkpoint $< --out $(EXPORT) --name teacher --fp16 --int8 $(TENSORRT_FLAG)
 
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -87,11 +87,13 @@ serve: export
 BENCH := $(RUN)/bench
 BENCH_THREADS ?= $(shell nproc)
 BENCH_ARGS = --threads $(BENCH_THREADS) --out $(BENCH) --results-doc docs/results.md
-# make bench = in-process latency per backend, student vs teacher accuracy, HTTP load (with and
+# make bench = in-process latency per backend x precision (round-robin), the accuracy-latency frontier
+# (latency joined with the parity gate's mIoU, Pareto plot), student vs teacher accuracy, HTTP load (with and
 # without micro-batching) and an overload run; each writes JSON/markdown/PNG into runs/default/bench
 # and its table into docs/results.md. Run it on an otherwise idle machine.
 bench: export
 	$(PY) -m serving.bench latency --models $(RUN) $(BENCH_ARGS)
+	$(PY) -m serving.bench frontier --latency $(BENCH)/latency.json --parity $(EXPORT)/parity.json $(BENCH_ARGS)
 	$(PY) -m serving.bench accuracy --models $(RUN) $(BENCH_ARGS)
 	$(PY) -m serving.bench http --spawn --models $(EXPORT) --requests 16 $(BENCH_ARGS)
 	$(PY) -m serving.bench http --spawn --overload --models $(EXPORT) $(BENCH_ARGS)

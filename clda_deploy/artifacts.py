@@ -48,25 +48,44 @@ class ArtifactKind:
     backend: str  # the runtime backend that loads it: torch | onnxruntime | tensorrt
     precision: str  # what it computes in: one of PRECISIONS
     predictor: str  # "module:Class" of the predictor that loads it (imported only when used)
+    tag: str = ""  # tells apart two kinds of one backend and precision (the TensorRT form of INT8)
 
     @property
     def variant(self) -> str:
-        """The backend plus the precision when not fp32 (``onnxruntime-fp16``): what the bench's rows
-        and the service's ``backend`` parameter call one way of running a model."""
-        return self.backend if self.precision == "fp32" else f"{self.backend}-{self.precision}"
+        """The backend, the precision when not fp32 and the tag (``onnxruntime-fp16``,
+        ``onnxruntime-int8-trt``): what the bench's rows, the parity records and the service's
+        ``backend`` parameter call one way of running a model."""
+        parts = (self.backend, "" if self.precision == "fp32" else self.precision, self.tag)
+        return "-".join(part for part in parts if part)
 
 
-# Every model file the stages write or read. One row per kind: adding a backend or a quantized
-# variant is one row here and one predictor class in clda_deploy.runtime.
+# Every way the stages run a model file. One row per (file suffix, backend, precision): adding a
+# backend or a quantized variant is one row here and one predictor class in clda_deploy.runtime.
+# Several rows may share a suffix (OpenVINO runs the ONNX files ONNX Runtime runs); the first row
+# of a suffix is the file's own kind, the one ``identify`` returns.
+#   .int8.onnx      Q/DQ INT8 in the form fastest on CPUs (NNCF: uint8 asymmetric activations,
+#                   per-channel int8 weights): ONNX Runtime and OpenVINO run it.
+#   .int8-trt.onnx  Q/DQ INT8 in the form TensorRT's explicit quantization accepts (symmetric int8
+#                   activations and weights, float bias): what .int8.plan is built from.
+#   OpenVINO int8 runs the layers left in float in bf16 where the CPU has AMX/AVX512-BF16.
 _TORCH = "clda_deploy.runtime.torch_backend:TorchPredictor"
 _ORT = "clda_deploy.runtime.onnxruntime_backend:OnnxRuntimePredictor"
+_OPENVINO = "clda_deploy.runtime.openvino_backend:OpenVinoPredictor"
 _TENSORRT = "clda_deploy.runtime.tensorrt_backend:TensorRTPredictor"
 ARTIFACT_KINDS: tuple[ArtifactKind, ...] = (
     ArtifactKind(".safetensors", "torch", "fp32", _TORCH),
+    ArtifactKind(".safetensors", "torch", "bf16", _TORCH),
     ArtifactKind(".onnx", "onnxruntime", "fp32", _ORT),
+    ArtifactKind(".onnx", "openvino", "fp32", _OPENVINO),
+    ArtifactKind(".onnx", "openvino", "bf16", _OPENVINO),
     ArtifactKind(".fp16.onnx", "onnxruntime", "fp16", _ORT),
+    ArtifactKind(".int8.onnx", "onnxruntime", "int8", _ORT),
+    ArtifactKind(".int8.onnx", "openvino", "int8", _OPENVINO, tag="qdq"),
+    ArtifactKind(".int8.xml", "openvino", "int8", _OPENVINO),
+    ArtifactKind(".int8-trt.onnx", "onnxruntime", "int8", _ORT, tag="trt"),
     ArtifactKind(".plan", "tensorrt", "fp32", _TENSORRT),
     ArtifactKind(".fp16.plan", "tensorrt", "fp16", _TENSORRT),
+    ArtifactKind(".int8.plan", "tensorrt", "int8", _TENSORRT),
 )
 
 
@@ -86,10 +105,17 @@ def variants() -> tuple[str, ...]:
 
 
 def kind_of(path: str | Path) -> ArtifactKind | None:
-    """The kind whose suffix ends ``path``'s file name (the longest match), or None."""
+    """The file's own kind: the first row whose suffix ends ``path``'s file name (the longest
+    suffix wins), or None."""
     name = Path(path).name.lower()
     matches = [kind for kind in artifact_kinds() if name.endswith(kind.suffix) and len(name) > len(kind.suffix)]
     return max(matches, key=lambda kind: len(kind.suffix), default=None)
+
+
+def kinds_of(path: str | Path) -> tuple[ArtifactKind, ...]:
+    """Every way to run ``path``: the rows sharing its kind's suffix, its own kind first."""
+    own = kind_of(path)
+    return () if own is None else tuple(kind for kind in artifact_kinds() if kind.suffix == own.suffix)
 
 
 def kind_for(backend: str, precision: str = "fp32") -> ArtifactKind:
@@ -140,14 +166,15 @@ def check_model_name(name: str) -> str:
     return name
 
 
-def identify(path: str | Path, model: str | None = None) -> Artifact:
+def identify(path: str | Path, model: str | None = None, variant: str | None = None) -> Artifact:
     """What ``path`` is. The model name is the file name without the kind's suffix, except for a
     run folder's ``model.safetensors``, which is named after its folder (``runs/x/student`` ->
-    ``student``); ``model`` names it explicitly (``--model student=PATH``)."""
+    ``student``); ``model`` names it explicitly (``--model student=PATH``). ``variant`` picks one
+    of ``kinds_of(path)`` (``openvino-bf16`` of a ``.onnx``) instead of the file's own kind."""
     path = Path(path)
     kind = kind_of(path)
     if kind is None:
-        suffixes = ", ".join(kind.suffix for kind in artifact_kinds())
+        suffixes = ", ".join(dict.fromkeys(kind.suffix for kind in artifact_kinds()))
         raise ArtifactError(f"{path}: unknown model file type; expected a file ending in one of {suffixes}")
     if model is None:
         model = path.parent.name if path.name == MODEL_FILE else path.name[: -len(kind.suffix)]
@@ -155,9 +182,21 @@ def identify(path: str | Path, model: str | None = None) -> Artifact:
             tag = model.rsplit(".", 1)[1]
             raise ArtifactError(
                 f"{path}: no model file kind has the precision tag {tag!r}; known suffixes: "
-                + ", ".join(kind.suffix for kind in artifact_kinds())
+                + ", ".join(dict.fromkeys(kind.suffix for kind in artifact_kinds()))
             )
+    if variant is not None:
+        chosen = [row for row in kinds_of(path) if row.variant == variant]
+        if not chosen:
+            offered = ", ".join(row.variant for row in kinds_of(path))
+            raise ArtifactError(f"{path}: a {kind.suffix} file cannot run as {variant!r}; it runs as {offered}")
+        kind = chosen[0]
     return Artifact(model, kind, path)
+
+
+def identify_all(path: str | Path, model: str | None = None) -> list[Artifact]:
+    """``path`` once per way to run it (``kinds_of``), its own kind first."""
+    own = identify(path, model)
+    return [Artifact(own.model, kind, own.path) for kind in kinds_of(path)]
 
 
 def model_file_name(model: str, kind: ArtifactKind) -> str:
@@ -219,24 +258,24 @@ class RunLayout:
         return self.export / model_file_name(model, kind)
 
     def trained_models(self) -> list[Artifact]:
-        """The ``model.safetensors`` of each role that exists, in ``ROLES`` order."""
-        return [identify(self.model(role)) for role in ROLES if self.model(role).is_file()]
+        """The ``model.safetensors`` of each role that exists (every way to run it), in ``ROLES`` order."""
+        return [found for role in ROLES if self.model(role).is_file() for found in identify_all(self.model(role))]
 
     def exported_models(self, folder: Path | None = None) -> list[Artifact]:
-        """Every known model file in ``folder`` (default ``export/``), by name."""
+        """Every known model file in ``folder`` (default ``export/``), by name, each in every way to run it."""
         folder = self.export if folder is None else folder
         if not folder.is_dir():
             return []
         found = [path for path in sorted(folder.iterdir()) if path.is_file() and kind_of(path) is not None]
-        return [identify(path) for path in found]
+        return [artifact for path in found for artifact in identify_all(path)]
 
 
 def discover_artifacts(folder: str | Path) -> list[Artifact]:
     """The model files of ``folder``: a run folder (``teacher/``, ``student/`` and ``export/``) or an
-    export folder itself; each file once."""
+    export folder itself; each (file, variant) once."""
     layout = RunLayout(Path(folder))
     found = layout.trained_models() + layout.exported_models() + layout.exported_models(layout.root)
-    return list({artifact.path.resolve(): artifact for artifact in found}.values())
+    return list({(artifact.path.resolve(), artifact.variant): artifact for artifact in found}.values())
 
 
 def order_key(artifact: Artifact) -> tuple[int, str, int]:

@@ -92,12 +92,35 @@ def time_alternating(
     return first_ms[max(warmup, 0) :], second_ms[max(warmup, 0) :]
 
 
+def time_round_robin(
+    calls: dict[str, Callable[[], object]],
+    warmup: int,
+    iters: int,
+    devices: dict[str, str] | None = None,
+    progress: Any = None,
+) -> dict[str, list[float]]:
+    """Milliseconds of each of ``calls`` over ``iters`` rounds, each round calling every one once
+    in turn after ``warmup`` untimed rounds: ``time_alternating`` for any number of calls, so every
+    series sees the same drift of a shared machine and their ratios stay meaningful."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for index in range(max(warmup, 0) + iters):
+        for name, call in calls.items():
+            elapsed = time_calls(call, 0, 1, (devices or {}).get(name, "cpu"))
+            if index >= warmup:
+                times[name] += elapsed
+            if progress is not None:
+                progress.update(1)
+    return times
+
+
 def predictor_details(predictor: Any) -> dict[str, Any]:
-    """What actually ran: backend, device and the ORT providers in use (ORT falls back silently)."""
+    """What actually ran: backend, device, the ORT providers in use (ORT falls back silently) and
+    the precision the runtime reports computing in (OpenVINO may run bf16 where asked for f32)."""
     return {
         "runtime": str(getattr(predictor, "backend", "?")),
         "device": str(getattr(predictor, "device", "?")),
         "providers": list(getattr(predictor, "providers", ()) or ()),
+        "precision_used": str(getattr(predictor, "precision_used", "?")),
     }
 
 

@@ -87,6 +87,8 @@ def _model_entry(registry: ModelRegistry, key: tuple[str, str]) -> ModelEntry:
     return ModelEntry(
         name=key[0],
         backend=key[1],
+        precision=served.spec.precision,
+        precision_used=getattr(predictor, "precision_used", None),
         default=key[1] == default_backend,
         state=served.state,
         error=served.error,

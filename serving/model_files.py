@@ -24,8 +24,12 @@ class ModelFile:
 
     @property
     def runtime_backend(self) -> str:
-        """What ``clda_deploy.runtime.load_predictor`` runs it with."""
+        """The runtime that loads it (``openvino`` for ``openvino-int8``)."""
         return self.artifact.backend
+
+    @property
+    def precision(self) -> str:
+        return self.artifact.precision
 
     @property
     def path(self) -> Path:

@@ -1,11 +1,16 @@
 """Which models the service has, loading them once in the background, and resolving a request's
 ``model`` / ``backend`` to a loaded, warmed-up predictor with its batcher.
 
-Files are found by kind (``clda_deploy.artifacts``, DESIGN §3): ``<name>.onnx`` -> ONNX Runtime,
-``<name>.plan`` -> TensorRT (only where its module is installed), ``<name>.safetensors`` and the
-``torch_checkpoints`` setting -> PyTorch. A file is served as model ``<name>`` with the backend its
-kind's ``variant`` names; ``<name>.fp16.onnx`` is backend ``onnxruntime-fp16`` of model ``<name>``,
-served only when ``include_fp16`` is set or the backend is listed.
+Files are found by kind (``clda_deploy.artifacts``, DESIGN §3): ``<name>.onnx`` -> ONNX Runtime and
+OpenVINO, ``<name>.int8.onnx`` / ``.int8.xml`` -> INT8, ``<name>.plan`` -> TensorRT (each only where
+its module is installed), ``<name>.safetensors`` and the ``torch_checkpoints`` setting -> PyTorch.
+A file is served as model ``<name>`` once per way to run it, with the backend its kind's
+``variant`` names (``student.fp16.onnx`` is backend ``onnxruntime-fp16`` of model ``student``).
+
+**The gate decides what is served.** The folder's ``parity.json`` (``python -m export``) records
+each variant's verdict: a variant that failed is never served, and one other than a file's own fp32
+kind (fp16, bf16, INT8, or OpenVINO running an ONNX file) is served only with a passing record.
+A file's own fp32 kind without a record is served as before (a folder exported with ``--no-check``).
 Loading runs in a thread, so ``/healthz`` answers at once while ``/readyz`` says 503 until every model
 has at least one backend loaded and warmed up (a failed backend is reported, not fatal, when another
 backend of the same model works).
@@ -13,6 +18,7 @@ backend of the same model works).
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -23,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from clda_deploy.artifacts import ArtifactError, kind_of, variants
+from clda_deploy.artifacts import PARITY_INDEX, ArtifactError, identify_all, kind_of, variants
 from clda_deploy.data.transforms import preprocess_numpy
 from clda_deploy.errors import CldaError
 from serving.batching import MicroBatcher
@@ -75,13 +81,48 @@ def _usable(spec: ModelFile) -> bool:
     return missing is None
 
 
+def gate_verdicts(folder: Path) -> dict[tuple[str, str], bool]:
+    """``(model, variant) -> passed`` from the folder's ``parity.json`` (empty when absent or unreadable)."""
+    path = folder / PARITY_INDEX
+    try:
+        index = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        log.warning("cannot read %s (%s): serving only the files' own fp32 kinds", path, exc)
+        return {}
+    verdicts = {}
+    for model, record in index.items() if isinstance(index, dict) else ():
+        for variant, entry in (record.get("backends", {}) if isinstance(record, dict) else {}).items():
+            verdicts[(model, variant)] = bool(isinstance(entry, dict) and entry.get("passed"))
+    return verdicts
+
+
+def gate_refusal(spec: ModelFile, verdicts: dict[tuple[str, str], bool]) -> str | None:
+    """Why ``spec`` must not be served by the gate's record, or None when it may."""
+    kind = spec.artifact.kind
+    verdict = verdicts.get((spec.name, spec.backend))
+    if verdict is False:
+        return "it failed its parity gate (see parity.json)"
+    own_fp32 = kind.precision == "fp32" and kind_of(spec.path) == kind
+    if verdict is None and not own_fp32:
+        return f"{kind.precision} {kind.backend} has no passing parity record (run python -m export on its model)"
+    return None
+
+
 def discover(settings: Settings) -> list[ModelFile]:
     """Every (model, backend) to serve, default model first; ``NoModelsError`` when there is none."""
     folder, backends = settings.models, settings.served_backends
     found = [_spec_for(path) for path in sorted(folder.iterdir())] if folder.is_dir() else []
-    specs = [spec for spec in found if spec is not None]
-    specs += [model_file(path, name) for name, path in settings.torch_checkpoints.items()]
-    specs = [spec for spec in specs if spec.backend in backends and _usable(spec)]
+    specs = [ModelFile(artifact) for spec in found if spec is not None for artifact in identify_all(spec.path)]
+    specs += [ModelFile(a) for name, path in settings.torch_checkpoints.items() for a in identify_all(path, name)]
+    specs = [spec for spec in specs if spec.backend in backends]
+    verdicts = gate_verdicts(folder) if folder.is_dir() else {}
+    for spec in list(specs):
+        refusal = gate_refusal(spec, verdicts)
+        if refusal is not None:
+            if verdicts or spec.artifact.kind.precision != "fp32":
+                log.warning("not serving %s as %s: %s", spec.path.name, spec.backend, refusal)
+            specs.remove(spec)
+    specs = [spec for spec in specs if _usable(spec)]
     if not specs:
         where = f"{folder} does not exist" if not folder.is_dir() else f"{folder} holds no model file"
         raise NoModelsError(
@@ -93,7 +134,8 @@ def discover(settings: Settings) -> list[ModelFile]:
 
 
 def runtime_loader(path: Path, backend: str, device: str, threads: int | None) -> Any:
-    """The production loader: ``clda_deploy.runtime.load_predictor`` (imported only when used)."""
+    """The production loader: ``clda_deploy.runtime.load_predictor`` (imported only when used);
+    ``backend`` is the variant (``openvino-int8``), which picks the runtime and its precision."""
     from clda_deploy.runtime import load_predictor
 
     return load_predictor(path, backend=backend, device=device, threads=threads)
@@ -154,7 +196,7 @@ class ModelRegistry:
         spec, settings = served.spec, self.settings
         started = time.perf_counter()
         try:
-            predictor = self.loader(spec.path, spec.runtime_backend, settings.device, settings.threads)
+            predictor = self.loader(spec.path, spec.backend, settings.device, settings.threads)
             predict = batch_predict(predictor)
             height, width = settings.warmup_size
             predict([np.full((height, width, 3), 128, dtype=np.uint8)])  # first run: allocations, autotuning

@@ -32,7 +32,11 @@ class SegmentJson(BaseModel):
 
 class ModelEntry(BaseModel):
     name: str
-    backend: str
+    backend: str = Field(description="the variant: runtime plus precision (onnxruntime, openvino-int8, ...)")
+    precision: str = Field(description="what the file computes in: fp32 | fp16 | bf16 | int8")
+    precision_used: str | None = Field(
+        None, description="what the runtime reports it computes in (OpenVINO INT8: 'int8 + bf16 + fp32')"
+    )
     default: bool = Field(description="used when a request names this model but no backend")
     state: str = Field(description="loading | ready | failed")
     error: str | None = None

@@ -17,14 +17,20 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from clda_deploy.artifacts import DEFAULT_RUN, MODEL_FILE, artifact_kinds, variants
 
-# Which way of running a model is each model's default: the fastest that is there.
-PREFERENCE = ("tensorrt", "onnxruntime", "torch")
+# Which way of running a model is each model's default: fp32 first (the numbers the model was
+# validated with), fastest runtime first; then every reduced-precision variant, which is served only
+# when its parity gate passed (serving.registry) and is asked for with ``backend=``.
+PREFERENCE = ("tensorrt", "onnxruntime", "openvino", "torch")
 
 
 def default_backends() -> tuple[str, ...]:
-    """Every fp32 backend of ``clda_deploy.artifacts``, fastest first (fp16 comes with ``include_fp16``)."""
-    fp32 = [kind.variant for kind in artifact_kinds() if kind.precision == "fp32"]
-    return tuple(sorted(dict.fromkeys(fp32), key=lambda v: PREFERENCE.index(v) if v in PREFERENCE else len(PREFERENCE)))
+    """Every variant of ``clda_deploy.artifacts``: fp32 ones in ``PREFERENCE`` order, then the rest."""
+
+    def rank(kind: Any) -> tuple[int, int]:
+        backend = PREFERENCE.index(kind.backend) if kind.backend in PREFERENCE else len(PREFERENCE)
+        return (0 if kind.precision == "fp32" else 1), backend
+
+    return tuple(dict.fromkeys(kind.variant for kind in sorted(artifact_kinds(), key=rank)))
 
 
 def _split_list(value: Any) -> Any:
@@ -69,7 +75,7 @@ class Settings(BaseSettings):
         description="backends to load, in order of preference (the first one is each model's default)",
     )
     include_fp16: bool = Field(
-        False, description="also serve <name>.fp16.onnx (and .fp16.plan) as backend onnxruntime-fp16 (tensorrt-fp16)"
+        False, description="with an explicit backends list: also its fp16 variants (onnxruntime-fp16, tensorrt-fp16)"
     )
     torch_checkpoints: Annotated[dict[str, Path], NoDecode] = Field(
         default_factory=dict, description="extra torch-backend models: name -> model.safetensors"

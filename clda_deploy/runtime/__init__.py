@@ -2,7 +2,8 @@
 
 ``load_predictor(path)`` picks the implementation from the file's kind in
 ``clda_deploy.artifacts.ARTIFACT_KINDS`` (``.safetensors`` -> torch, ``.onnx`` -> ONNX Runtime,
-``.plan`` -> TensorRT, ...); each backend lives in its own module here and is imported only when a
+``.plan`` -> TensorRT, ...), and ``load_predictor(path, "openvino-bf16")`` one of the other ways
+the table lists for that file; each backend lives in its own module here and is imported only when a
 file needs it, so ``import clda_deploy.runtime`` stays light and a serving host needs only the
 backend it uses. Every predictor maps a preprocessed float32 batch ``[B,3,H,W]``
 (``clda_deploy.data.transforms.preprocess_numpy``) to a ``Prediction``: float32 logits
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
-from clda_deploy.artifacts import ArtifactError, ArtifactKind, artifact_kinds, backends, identify
+from clda_deploy.artifacts import ArtifactError, ArtifactKind, artifact_kinds, backends, identify, kinds_of
 from clda_deploy.errors import CldaError
 from clda_deploy.runtime.metadata import classes_from_metadata
 
@@ -50,29 +51,42 @@ class Prediction:
 
 @runtime_checkable
 class Predictor(Protocol):
-    backend: str  # a runtime backend of clda_deploy.artifacts: "torch" | "onnxruntime" | "tensorrt"
+    backend: str  # a runtime backend of clda_deploy.artifacts: "torch" | "onnxruntime" | "openvino" | "tensorrt"
     device: str  # "cpu" or "cuda:0"
     providers: tuple[str, ...]  # what actually runs (ORT: session.get_providers())
-    info: ModelInfo
+    info: ModelInfo  # info.precision: what the artifact kind says it computes in
+    precision_used: str  # what the runtime reports it actually computes in ("int8 + bf16"), or the kind's
 
     def predict(self, images: np.ndarray, want_logits: bool = True) -> Prediction: ...
 
     def close(self) -> None: ...
 
 
-def model_info(path: str | Path, classes: tuple[str, ...], palette: tuple[tuple[int, int, int], ...]) -> ModelInfo:
-    """A ``ModelInfo`` named and typed by the file's artifact kind."""
+def model_info(
+    path: str | Path,
+    classes: tuple[str, ...],
+    palette: tuple[tuple[int, int, int], ...],
+    precision: str | None = None,
+) -> ModelInfo:
+    """A ``ModelInfo`` named by the file's artifact kind, in ``precision`` (default: the file's own)."""
     artifact = identify(path)
-    return ModelInfo(artifact.model, classes, palette, str(path), artifact.precision)
+    return ModelInfo(artifact.model, classes, palette, str(path), precision or artifact.precision)
 
 
-def info_from_metadata(metadata: dict[str, str], path: str | Path) -> ModelInfo:
+def info_from_metadata(metadata: dict[str, str], path: str | Path, precision: str | None = None) -> ModelInfo:
     """ModelInfo from the ``clda_*`` string metadata written by ``python -m export``."""
     try:
         classes, palette = classes_from_metadata(metadata, path)
     except ValueError as exc:
         raise RuntimeLoadError(str(exc)) from None
-    return model_info(path, classes, palette)
+    return model_info(path, classes, palette, precision)
+
+
+def check_precision(path: str | Path, precision: str, offered: tuple[str, ...]) -> str:
+    """``precision`` when the predictor offers it, else a ``RuntimeLoadError`` naming the choices."""
+    if precision not in offered:
+        raise RuntimeLoadError(f"{path}: this backend runs {', '.join(offered)}, not {precision!r}")
+    return precision
 
 
 def check_images(images: np.ndarray) -> np.ndarray:
@@ -104,30 +118,42 @@ def missing_module(kind: ArtifactKind) -> str | None:
     return None
 
 
+def runnable_kind(path: str | Path, backend: str | None = None) -> ArtifactKind:
+    """The row of ``ARTIFACT_KINDS`` that runs ``path``: its own kind, or the one ``backend`` names,
+    either as a variant (``openvino-bf16``) or as a runtime backend (``openvino``: its first row)."""
+    try:
+        own = identify(path).kind
+    except ArtifactError as exc:
+        raise RuntimeLoadError(str(exc)) from None
+    if backend is None:
+        return own
+    rows = kinds_of(path)
+    chosen = [row for row in rows if row.variant == backend] or [row for row in rows if row.backend == backend]
+    if chosen:
+        return chosen[0]
+    if backend not in backends() and backend not in {row.variant for row in artifact_kinds()}:
+        problem = f"unknown backend {backend!r}; choose one of {sorted(backends())}"
+    else:
+        problem = f"backend {backend!r} cannot run a {own.suffix} file (it runs {', '.join(r.variant for r in rows)})"
+    raise RuntimeLoadError(f"{path}: {problem}")
+
+
 def load_predictor(
     path: str | Path, backend: str | None = None, device: str = "auto", threads: int | None = None
 ) -> Predictor:
-    """A predictor for ``path`` chosen by its artifact kind (``backend`` may name it explicitly).
+    """A predictor for ``path`` chosen by its artifact kind; ``backend`` may name another way to run
+    the file, as a runtime backend (``openvino``) or a variant (``openvino-bf16``, ``torch-bf16``).
 
     ``device``: ``auto`` (GPU when usable), ``cpu``, ``cuda`` or ``cuda:N``. ``threads``: CPU
-    threads (ORT: per session; torch: process-wide ``torch.set_num_threads``).
+    threads (ORT, OpenVINO: per model; torch: process-wide ``torch.set_num_threads``).
     """
-    path, problem = Path(path), None
-    try:
-        artifact = identify(path)
-    except ArtifactError as exc:
-        raise RuntimeLoadError(str(exc)) from None
-    if backend is not None and backend not in backends():
-        problem = f"unknown backend {backend!r}; choose one of {sorted(backends())}"
-    elif backend is not None and backend != artifact.backend:
-        problem = f"backend {backend!r} cannot run a {artifact.kind.suffix} file (it runs {artifact.backend})"
-    elif device not in ("auto", "cpu") and not device.startswith("cuda"):
-        problem = f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}"
-    if problem is not None:
-        raise RuntimeLoadError(f"{path}: {problem}")
+    path = Path(path)
+    kind = runnable_kind(path, backend)
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise RuntimeLoadError(f"{path}: device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     if not path.is_file():
         raise RuntimeLoadError(f"model file not found: {path}")
-    return predictor_class(artifact.kind.predictor)(path, device=device, threads=threads)
+    return predictor_class(kind.predictor)(path, device=device, threads=threads, precision=kind.precision)
 
 
 def available_backends() -> dict[str, str | None]:

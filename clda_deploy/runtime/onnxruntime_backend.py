@@ -8,7 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from clda_deploy.runtime import Prediction, RuntimeLoadError, check_images, cuda_device, info_from_metadata
+from clda_deploy.runtime import (
+    Prediction,
+    RuntimeLoadError,
+    check_images,
+    check_precision,
+    cuda_device,
+    info_from_metadata,
+)
 
 log = logging.getLogger("clda_deploy.runtime")
 
@@ -27,14 +34,19 @@ def ort_providers(device: str, available: list[str]) -> list[Any]:
 
 
 class OnnxRuntimePredictor:
-    """An exported ``<name>.onnx`` (or ``.fp16.onnx``) run by ONNX Runtime; ``threads`` sets
-    ``intra_op_num_threads`` for this session only. With the TensorRT provider, ORT builds an engine
-    on the first call of each new input shape (slow once); a ``.plan`` avoids that."""
+    """An exported ``<name>.onnx`` (or ``.fp16.onnx``, ``.int8.onnx``) run by ONNX Runtime; ``threads``
+    sets ``intra_op_num_threads`` for this session only. The precision is the file's: ORT runs
+    what the graph says (Q/DQ pairs become integer kernels where ORT has them). With the TensorRT
+    provider, ORT builds an engine on the first call of each new input shape (slow once); a
+    ``.plan`` avoids that."""
 
     backend = "onnxruntime"
     requires = ("onnxruntime",)
 
-    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, device: str = "auto", threads: int | None = None, precision: str = "fp32"
+    ) -> None:
+        self.precision_used = check_precision(path, precision, ("fp32", "fp16", "int8"))
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -48,7 +60,7 @@ class OnnxRuntimePredictor:
         except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf types
             raise RuntimeLoadError(f"{path} is not a loadable ONNX model ({exc})") from None
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        self.info = info_from_metadata(self.metadata, path)
+        self.info = info_from_metadata(self.metadata, path, precision)
         self.providers = tuple(self.session.get_providers())
         self.device = "cpu" if self.providers[0] == "CPUExecutionProvider" else cuda_device(device)
         # ORT silently falls back to the CPU when a GPU provider fails to initialise: say what runs.

@@ -15,8 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from clda_deploy.runtime import Prediction, RuntimeLoadError, check_images, cuda_device, info_from_metadata
+from clda_deploy.runtime import (
+    Prediction,
+    RuntimeLoadError,
+    check_images,
+    check_precision,
+    cuda_device,
+    info_from_metadata,
+)
 from clda_deploy.runtime.metadata import engine_sidecar
+from clda_deploy.runtime.tensorrt_options import DeviceMemory, allocation_strategy, create_context, needs_device_memory
 
 
 def _read_sidecar(path: Path, installed: str) -> dict[str, Any]:
@@ -42,7 +50,10 @@ class TensorRTPredictor:
     requires = ("tensorrt", "torch")
     needs_cuda = True
 
-    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, device: str = "auto", threads: int | None = None, precision: str = "fp32"
+    ) -> None:
+        check_precision(path, precision, ("fp32", "fp16", "int8"))
         try:
             import tensorrt as trt
             import torch
@@ -51,7 +62,9 @@ class TensorRTPredictor:
         if device == "cpu" or not torch.cuda.is_available():
             raise RuntimeLoadError(f"{path}: a TensorRT engine needs a CUDA GPU (device {device!r})")
         settings = _read_sidecar(Path(path), trt.__version__)
-        self.info = info_from_metadata(settings.get("metadata", {}), path)
+        self.info = info_from_metadata(settings.get("metadata", {}), path, precision)
+        # The builder decided the precision; the sidecar records what it was asked for.
+        self.precision_used = str(settings.get("precision", precision))
         self.device = cuda_device(device)
         self.providers = (f"tensorrt-{trt.__version__}",)
         # The logger and runtime must outlive the engine; one context serves one call at a time.
@@ -61,7 +74,14 @@ class TensorRTPredictor:
             self.engine = self._runtime.deserialize_cuda_engine(Path(path).read_bytes())
             if self.engine is None:
                 raise RuntimeLoadError(f"{path}: TensorRT could not deserialize the engine (see its log above)")
-            self.context = self.engine.create_execution_context()
+            try:
+                strategy = allocation_strategy(settings)
+            except ValueError as exc:
+                raise RuntimeLoadError(f"{engine_sidecar(path)}: {exc}") from None
+            # user_managed: activation memory sized for each request's shape, not the profile's max.
+            self.context = create_context(self.engine, strategy)
+            allocate = lambda size: torch.empty(size, dtype=torch.uint8, device=self.device)  # noqa: E731
+            self._memory = DeviceMemory(allocate) if needs_device_memory(strategy) else None
             self.stream = torch.cuda.Stream(device=self.device)
         names = [self.engine.get_tensor_name(index) for index in range(self.engine.num_io_tensors)]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -89,6 +109,8 @@ class TensorRTPredictor:
                 buffers[name] = torch.empty(shape, dtype=self.dtypes[name], device=self.device)
             for name, tensor in buffers.items():
                 self.context.set_tensor_address(name, tensor.data_ptr())
+            if self._memory is not None:
+                self._memory.bind(self.context)
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError(f"{self.info.source}: TensorRT execution failed (see its log)")
             self.stream.synchronize()

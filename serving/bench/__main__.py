@@ -1,4 +1,4 @@
-"""``python -m serving.bench {latency,http,accuracy}``: see ``serving/bench/__init__.py``.
+"""``python -m serving.bench {latency,http,accuracy,frontier}``: see ``serving/bench/__init__.py``.
 
 Each command is a settings dataclass (its flags, declared once with ``common.option``) and a
 function from those settings to a typed result record (``to_json``, ``markdown``, ``plot``,
@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 from serving.bench.accuracy import AccuracySettings, run_accuracy
 from serving.bench.common import BenchRun, add_options, command_line, settings_from_args
+from serving.bench.frontier import FrontierSettings, run_frontier
 from serving.bench.http_bench import HttpSettings, run_http
 from serving.bench.latency import LatencySettings, run_latency
 
@@ -33,6 +34,9 @@ COMMANDS = {
     "latency": Command("in-process latency per model x backend x size x batch", LatencySettings, run_latency),
     "http": Command("concurrent load on a loopback server", HttpSettings, run_http),
     "accuracy": Command("student vs teacher mIoU and latency through the runtimes", AccuracySettings, run_accuracy),
+    "frontier": Command(
+        "accuracy-latency table and Pareto plot from latency.json + parity.json", FrontierSettings, run_frontier
+    ),  # fmt: skip
 }
 
 

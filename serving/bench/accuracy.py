@@ -51,6 +51,7 @@ class AccuracyRow:
     runtime: str
     device: str
     providers: list[str]
+    precision_used: str
     miou: float
     per_class_iou: dict[str, float | None]
     num_images: int

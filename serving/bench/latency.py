@@ -1,9 +1,11 @@
 """``python -m serving.bench latency``: in-process latency per model x backend x size x batch.
 
 The speedups that matter are computed inside one run (same machine, same load, same thread count
-for PyTorch and ONNX Runtime, so neither wins by using more cores): ONNX Runtime over PyTorch
-eager, student over teacher, and the student's achieved GFLOP/s against the measured fp32 matmul
-rate. Backends that cannot run here are listed as skipped with the reason. The two targets are
+for every runtime, so none wins by using more cores): ONNX Runtime over PyTorch eager, student
+over teacher, and the student's achieved GFLOP/s against the measured fp32 matmul rate. Every
+file is open at once and the timed calls go round-robin (one call of each, then the next round),
+so all rows of one size see the same drift of a shared machine and their ratios compare like with
+like. Backends that cannot run here are listed as skipped with the reason. The two targets are
 informational: they describe the machine that ran the benchmark as much as the models.
 """
 
@@ -15,7 +17,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from clda_deploy.profiling import MatmulRate, count_flops, matmul_rate, predictor_details, random_images, time_predictor
+from clda_deploy.profiling import (
+    MatmulRate,
+    count_flops,
+    matmul_rate,
+    predictor_details,
+    random_images,
+    time_round_robin,
+)
 from clda_deploy.reporting import Bars, Target, fmt, grouped_bars, machine_line, markdown_table
 from clda_deploy.statistics import ratio, summarize_timings
 from serving.bench.common import (
@@ -65,9 +74,11 @@ class LatencyRow:
     runtime: str
     device: str
     providers: list[str]
+    precision_used: str
     latency_ms: dict[str, float | int]
     times_ms: list[float]
     images_per_s: float
+    power: dict[str, Any] | None = None  # clda_deploy.power.PowerReading, or its reason for none
     gflop: float | None = None
     achieved_gflops: float | None = None
     efficiency_pct: float | None = None
@@ -128,9 +139,12 @@ class LatencyResult:
         return None if speedup is None else Target("ONNX Runtime vs PyTorch eager", speedup, SPEEDUP_TARGET, ">=")
 
     def efficiency(self) -> tuple[LatencyRow, Target] | None:
-        """The student's most efficient backend at the primary cell, and the efficiency target."""
+        """The student's most efficient fp32 backend at the primary cell, and the efficiency target
+        (the ceiling is the fp32 matmul rate: an INT8 or bf16 row can exceed it, which says nothing
+        about how well fp32 uses the machine)."""
         size, batch = self.primary
         rows = [r for r in self.results if (r.model, r.size, r.batch) == (self.settings.student, size, batch)]
+        rows = [r for r in rows if _precision(r.backend) == "fp32"]
         best = max((r for r in rows if r.efficiency_pct is not None), key=lambda r: r.efficiency_pct, default=None)
         if best is None:
             return None
@@ -181,6 +195,15 @@ class LatencyResult:
         return render_plot(self, path)
 
 
+def _precision(variant: str) -> str:
+    from clda_deploy.artifacts import ArtifactError, kind_of_variant
+
+    try:
+        return kind_of_variant(variant).precision
+    except ArtifactError:
+        return "fp32"
+
+
 def model_flops(files: list[ModelFile], settings: LatencySettings) -> dict[tuple[str, int, int], int]:
     """FLOPs at batch 1 per (model, height, width), counted on each model's PyTorch file."""
     from clda_deploy import load_segmenter
@@ -195,40 +218,63 @@ def model_flops(files: list[ModelFile], settings: LatencySettings) -> dict[tuple
     return counts
 
 
-def _measure_file(item: ModelFile, settings: LatencySettings, bar: Any) -> tuple[list[dict], list[Skipped]]:
-    """Timings of every size x batch of one file (dicts of ``LatencyRow`` fields less the rates)."""
-    cells = len(settings.sizes) * len(settings.batches) * (settings.warmup + settings.iters)
-    try:
-        predictor = open_predictor(item, settings.device, settings.threads)
-    except Exception as exc:  # a backend that cannot run here is reported, not fatal
-        bar.update(cells)
-        return [], [Skipped(item.name, item.backend, describe(exc), path=str(item.path))]
-    rows, skipped = [], []
-    try:
-        for size in settings.sizes:
-            for batch in settings.batches:
-                bar.set_postfix_str(f"{item.name} {item.backend} {size_label(size)} b{batch}")
-                cell = {
-                    "model": item.name,
-                    "backend": item.backend,
-                    "path": str(item.path),
-                    "size": tuple(size),
-                    "batch": batch,
-                }
-                try:
-                    images = random_images(*size, batch)
-                    times = time_predictor(
-                        predictor, images, settings.warmup, settings.iters, settings.want_logits, bar
-                    )
-                except Exception as exc:  # e.g. a size outside a TensorRT profile
-                    skipped.append(Skipped(reason=describe(exc), **cell))
-                    continue
-                rows.append(
-                    {**cell, **predictor_details(predictor), "latency_ms": summarize_timings(times), "times_ms": times}
-                )
-    finally:
-        predictor.close()
+def _open_all(files: list[ModelFile], settings: LatencySettings) -> tuple[list[tuple[ModelFile, Any]], list[Skipped]]:
+    opened, skipped = [], []
+    for item in files:
+        try:
+            opened.append((item, open_predictor(item, settings.device, settings.threads)))
+        except Exception as exc:  # a backend that cannot run here is reported, not fatal
+            skipped.append(Skipped(item.name, item.backend, describe(exc), path=str(item.path)))
+    return opened, skipped
+
+
+def _measure_cell(
+    opened: list[tuple[ModelFile, Any]], size: tuple[int, int], batch: int, settings: LatencySettings, bar: Any
+) -> tuple[list[dict], list[Skipped]]:
+    """One size x batch of every open file, timed round-robin (dicts of ``LatencyRow`` fields less the rates)."""
+    images = random_images(*size, batch)
+    bar.set_postfix_str(f"{size_label(size)} b{batch}")
+    calls, cells, skipped = {}, {}, []
+    for index, (item, predictor) in enumerate(opened):
+        cell = {
+            "model": item.name,
+            "backend": item.backend,
+            "path": str(item.path),
+            "size": tuple(size),
+            "batch": batch,
+        }
+        try:  # one call first: a size outside a TensorRT profile fails here, not mid-round
+            predictor.predict(images, want_logits=settings.want_logits)
+        except Exception as exc:
+            skipped.append(Skipped(reason=describe(exc), **cell))
+            bar.update(settings.warmup + settings.iters)
+            continue
+        key = str(index)
+        calls[key] = lambda p=predictor: p.predict(images, want_logits=settings.want_logits)
+        cells[key] = (cell, predictor)
+    devices = {key: str(getattr(predictor, "device", "cpu")) for key, (_, predictor) in cells.items()}
+    times = time_round_robin(calls, settings.warmup, settings.iters, devices, bar)
+    rows = [
+        {**cell, **predictor_details(predictor), "latency_ms": summarize_timings(times[key]), "times_ms": times[key],
+         "power": energy_per_image(calls[key], devices[key], settings.iters * batch, settings.iters)}
+        for key, (cell, predictor) in cells.items()
+    ]  # fmt: skip
     return rows, skipped
+
+
+def energy_per_image(call: Any, device: str, images: int, iters: int) -> dict[str, Any]:
+    """Power and energy per image of ``iters`` more calls, where the device has a power sensor
+    (NVML, tegrastats); otherwise the reason there is none (clda_deploy.power), nothing measured.
+    Separate from the round-robin timing: a sensor's reading cannot be split between variants."""
+    from clda_deploy.power import PowerMonitor, PowerReading, power_source
+
+    source, reason = power_source(device)
+    if source is None:
+        return PowerReading(None, None, None, None, 0, reason).as_dict()
+    with PowerMonitor(device) as monitor:
+        for _ in range(iters):
+            call()
+    return monitor.result(images).as_dict()
 
 
 def with_rates(timing: dict[str, Any], flops: dict[tuple[str, int, int], int], matmul_gflops: float) -> LatencyRow:
@@ -290,14 +336,21 @@ def run_latency(settings: LatencySettings) -> LatencyResult:
     device = _compute_device(settings.device)
     flops = model_flops(files, settings)
     matmul = matmul_rate(settings.threads, size=settings.matmul_size, device=device)
-    total = len(files) * len(settings.sizes) * len(settings.batches) * (settings.warmup + settings.iters)
     timings: list[dict] = []
     skipped = [Skipped(**entry) for entry in missing]
-    with tqdm(total=total, desc="latency", unit="call", disable=not settings.progress, leave=False) as bar:
-        for item in files:
-            file_rows, file_skipped = _measure_file(item, settings, bar)
-            timings += file_rows
-            skipped += file_skipped
+    opened, not_opened = _open_all(files, settings)
+    skipped += not_opened
+    total = len(opened) * len(settings.sizes) * len(settings.batches) * (settings.warmup + settings.iters)
+    try:
+        with tqdm(total=total, desc="latency", unit="call", disable=not settings.progress, leave=False) as bar:
+            for size in settings.sizes:
+                for batch in settings.batches:
+                    cell_rows, cell_skipped = _measure_cell(opened, tuple(size), batch, settings, bar)
+                    timings += cell_rows
+                    skipped += cell_skipped
+    finally:
+        for _, predictor in opened:
+            predictor.close()
     rows = [with_rates(timing, flops, matmul.gflops) for timing in timings]
     ort_vs_torch, student_vs_teacher = speedups(rows, settings)
     return LatencyResult(settings, available_backends(), matmul, flops, rows, skipped, ort_vs_torch, student_vs_teacher)
@@ -337,21 +390,23 @@ def _ratio_lines(result: LatencyResult) -> list[str]:
 def render_markdown(result: LatencyResult, run: BenchRun) -> str:
     """The table a reader wants first, then the ratios, then what was skipped and why."""
     settings = result.settings
-    headers = ["model", "backend", "size", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "img/s", "GFLOP",
-               "GFLOP/s", "eff. %"]  # fmt: skip
+    headers = ["model", "backend", "runs in", "size", "batch", "p50 ms", "p90 ms", "p99 ms", "mean ms", "img/s",
+               "GFLOP", "GFLOP/s", "eff. %", "J/img"]  # fmt: skip
     latency = [[r.latency_ms[key] for key in ("p50", "p90", "p99", "mean")] for r in result.results]
-    body = [[r.model, r.backend, size_label(r.size), r.batch, *times, r.images_per_s, r.gflop, r.achieved_gflops,
-             r.efficiency_pct] for r, times in zip(result.results, latency, strict=True)]  # fmt: skip
+    body = [[r.model, r.backend, r.precision_used, size_label(r.size), r.batch, *times, r.images_per_s, r.gflop,
+             r.achieved_gflops, r.efficiency_pct, (r.power or {}).get("joules_per_image")]
+            for r, times in zip(result.results, latency, strict=True)]  # fmt: skip
     parts = [
         "## In-process latency",
         "",
         f"`{run.command}`  ",
-        f"{machine_line(run.machine, settings.threads, ' (PyTorch and ONNX Runtime alike)')}  ",
+        f"{machine_line(run.machine, settings.threads, ' (every runtime alike)')}  ",
         f"device {settings.device}, {settings.warmup} warm-up + {settings.iters} timed calls per row",
         "",
         markdown_table(headers, body),
         "",
         *_ratio_lines(result),
+        *sorted({f"- power: {r.power['reason']}" for r in result.results if r.power and r.power["source"] is None}),
     ]
     if result.skipped:
         skipped = [

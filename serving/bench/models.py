@@ -18,6 +18,8 @@ from clda_deploy.artifacts import (
     RunLayout,
     artifact_kinds,
     discover_artifacts,
+    identify_all,
+    kind_of,
     order_key,
     variants,
 )
@@ -86,7 +88,8 @@ def _missing_reason(root: Path, name: str, kind: ArtifactKind) -> str:
     layout = RunLayout(root)
     if kind.backend == "torch":
         return f"no file {layout.model(name)}"
-    flags = [f"--{kind.precision}"] if kind.precision != "fp32" else []
+    precision = kind_of(kind.suffix.join(("x", ""))).precision  # the file's own kind: .int8.xml -> int8
+    flags = [f"--{precision}"] if precision != "fp32" else []
     flags += ["--tensorrt"] if kind.backend == "tensorrt" else []
     how = f" (export with {' '.join(flags)}{' on a TensorRT machine' if kind.backend == 'tensorrt' else ''})"
     return f"no file {layout.exported(name, kind)}{how if flags else ''}"
@@ -103,7 +106,7 @@ def parse_model_specs(specs: list[str]) -> list[ModelFile]:
         path = Path(path_text)
         if not path.is_file():
             raise BenchError(f"model file not found: {path} (given as --model {spec})")
-        files.append(bench_file(path, name))
+        files += [ModelFile(artifact) for artifact in identify_all(bench_file(path, name).path, name)]
     return sorted(dict.fromkeys(files), key=_order)
 
 
@@ -135,4 +138,4 @@ def open_predictor(model: ModelFile, device: str, threads: int | None) -> Any:
         raise BenchError(
             f"clda_deploy.runtime cannot be imported ({exc}); install the project with `make setup`"
         ) from None
-    return runtime.load_predictor(str(model.path), backend=model.runtime_backend, device=device, threads=threads)
+    return runtime.load_predictor(str(model.path), backend=model.backend, device=device, threads=threads)

@@ -9,9 +9,11 @@ from clda_deploy.artifacts import (
     check_model_name,
     discover_artifacts,
     identify,
+    identify_all,
     kind_for,
     kind_of,
     kind_of_variant,
+    kinds_of,
     model_file_name,
     order_key,
 )
@@ -27,6 +29,9 @@ from clda_deploy.artifacts import (
         ("runs/x/student/model.safetensors", "student", "torch", "fp32", "torch"),
         ("elsewhere/my_model.safetensors", "my_model", "torch", "fp32", "torch"),
         ("UPPER.ONNX", "UPPER", "onnxruntime", "fp32", "onnxruntime"),
+        ("student.int8.onnx", "student", "onnxruntime", "int8", "onnxruntime-int8"),
+        ("student.int8-trt.onnx", "student", "onnxruntime", "int8", "onnxruntime-int8-trt"),
+        ("teacher.int8.plan", "teacher", "tensorrt", "int8", "tensorrt-int8"),
     ],
 )
 def test_identify_gives_one_name_backend_and_precision(path, model, backend, precision, variant):
@@ -58,8 +63,23 @@ def test_kind_lookups_and_file_names():
     assert model_file_name("student", kind_for("tensorrt", "fp16")) == "student.fp16.plan"
     with pytest.raises(ArtifactError, match="no model file kind for backend 'torch' in 'int8'"):
         kind_for("torch", "int8")
-    with pytest.raises(ArtifactError, match="unknown backend 'tflite'; choose from torch, onnxruntime"):
+    with pytest.raises(ArtifactError, match="unknown backend 'tflite'; choose from torch, torch-bf16, onnxruntime"):
         kind_of_variant("tflite")
+
+
+def test_one_file_runs_in_several_ways():
+    assert [kind.variant for kind in kinds_of("student.onnx")] == ["onnxruntime", "openvino", "openvino-bf16"]
+    assert [kind.variant for kind in kinds_of("student.int8.onnx")] == ["onnxruntime-int8", "openvino-int8-qdq"]
+    assert [kind.variant for kind in kinds_of("student.int8.xml")] == ["openvino-int8"]
+    assert [kind.variant for kind in kinds_of("m.safetensors")] == ["torch", "torch-bf16"]
+    assert kinds_of("notes.txt") == ()
+    chosen = identify("runs/x/export/student.onnx", variant="openvino-bf16")
+    assert (chosen.model, chosen.backend, chosen.precision) == ("student", "openvino", "bf16")
+    assert [a.variant for a in identify_all("student.int8-trt.onnx")] == ["onnxruntime-int8-trt"]
+    with pytest.raises(
+        ArtifactError, match=r"a \.fp16\.onnx file cannot run as 'openvino'; it runs as onnxruntime-fp16"
+    ):
+        identify("student.fp16.onnx", variant="openvino")
 
 
 @pytest.mark.parametrize("name", ["student.fp16", "", "-x", "a b", "x/y"])
@@ -98,15 +118,25 @@ def test_discovery_of_a_run_folder_and_of_an_export_folder(tmp_path):
     found = sorted(discover_artifacts(tmp_path), key=order_key)
     assert [(a.model, a.variant) for a in found] == [
         ("teacher", "torch"),
+        ("teacher", "torch-bf16"),
         ("teacher", "onnxruntime"),
+        ("teacher", "openvino"),
+        ("teacher", "openvino-bf16"),
         ("student", "torch"),
+        ("student", "torch-bf16"),
         ("student", "onnxruntime"),
+        ("student", "openvino"),
+        ("student", "openvino-bf16"),
         ("student", "onnxruntime-fp16"),
     ]
     assert sorted((a.model, a.variant) for a in discover_artifacts(layout.export)) == [
         ("student", "onnxruntime"),
         ("student", "onnxruntime-fp16"),
+        ("student", "openvino"),
+        ("student", "openvino-bf16"),
         ("teacher", "onnxruntime"),
+        ("teacher", "openvino"),
+        ("teacher", "openvino-bf16"),
     ]
 
 

@@ -66,3 +66,14 @@ def test_alternating_timing_interleaves_and_drops_the_warmup(monkeypatch):
     first_ms, second_ms = time_alternating(lambda: calls.append("a"), lambda: calls.append("b"), warmup=1, iters=2)
     assert calls == ["a", "b"] * 3, "A and B alternate, warm-up round included"
     assert first_ms == pytest.approx([1.0, 1.0]) and second_ms == pytest.approx([1.0, 1.0])
+
+
+def test_round_robin_alternates_every_call():
+    from clda_deploy.profiling import time_round_robin
+
+    order = []
+    calls = {name: (lambda n=name: order.append(n)) for name in ("a", "b", "c")}
+    times = time_round_robin(calls, warmup=1, iters=2)
+    assert order == ["a", "b", "c"] * 3  # one warm-up round, then two timed rounds, each in turn
+    assert {name: len(values) for name, values in times.items()} == {"a": 2, "b": 2, "c": 2}
+    assert all(value >= 0 for values in times.values() for value in values)

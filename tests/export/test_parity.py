@@ -17,7 +17,8 @@ def test_faithful_export_passes(exported):
     assert exported["code"] == 0
     payload = exported["parity"]
     assert set(payload) == {"reference", "backends"}
-    assert set(payload["backends"]) == {"onnxruntime", "onnxruntime-fp16"}
+    variants = {"torch-bf16", "onnxruntime", "onnxruntime-fp16", "openvino", "openvino-bf16"}
+    assert set(payload["backends"]) == variants  # every way to run each file, OpenVINO on the same ONNX
     assert payload["reference"]["num_images"] == 4 and 0.0 <= payload["reference"]["miou"] <= 100.0
     for entry in payload["backends"].values():
         assert DESIGN_KEYS <= set(entry) and entry["passed"] is True

@@ -81,7 +81,7 @@ class FakeLoader:
         if artifact.model in self.fail:
             raise RuntimeError(f"{path} is corrupt")
         predictor = FakePredictor(path, backend, self.gate, self.delay)
-        self.predictors[f"{artifact.model}/{artifact.variant}"] = predictor
+        self.predictors[f"{artifact.model}/{backend}"] = predictor
         return predictor
 
 

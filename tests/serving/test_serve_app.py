@@ -1,4 +1,5 @@
 import io
+import json
 import re
 import threading
 
@@ -176,16 +177,25 @@ def test_metrics_count_requests_batches_and_latency(client):
     assert "clda_ready 1.0" in text
 
 
+def _parity(folder, verdicts: dict[str, dict[str, bool]]) -> None:
+    records = {
+        model: {"backends": {v: {"passed": ok} for v, ok in entries.items()}} for model, entries in verdicts.items()
+    }
+    (folder / "parity.json").write_text(json.dumps(records))
+
+
 def test_discovery_rules(tmp_path):
     folder = make_models_dir(tmp_path, ("student", "teacher", "student.fp16"))
     (folder / "student.plan").write_bytes(b"engine")  # TensorRT is not installed here: skipped
     (folder / "student.plan.json").write_text("{}")
     loader = FakeLoader()
-    app = create_app(make_settings(tmp_path, models=folder, include_fp16=True), loader=loader)
+    settings = make_settings(tmp_path, models=folder, backends="onnxruntime", include_fp16=True)
+    _parity(folder, {"student": {"onnxruntime-fp16": True}})
+    app = create_app(settings, loader=loader)
     names = [(s.name, s.backend) for s in app.state.registry.specs]
     # student.fp16.onnx is the onnxruntime-fp16 backend of model student, as runtime and bench name it.
     assert names == [("student", "onnxruntime"), ("student", "onnxruntime-fp16"), ("teacher", "onnxruntime")]
-    app = create_app(make_settings(tmp_path, models=folder), loader=loader)
+    app = create_app(make_settings(tmp_path, models=folder, backends="onnxruntime"), loader=loader)
     assert ("student", "onnxruntime-fp16") not in [(s.name, s.backend) for s in app.state.registry.specs]
     app = create_app(make_settings(tmp_path, models=folder, default_model="teacher"), loader=loader)
     assert [s.name for s in app.state.registry.specs] == ["teacher", "student"]
@@ -193,6 +203,26 @@ def test_discovery_rules(tmp_path):
         create_app(make_settings(tmp_path, models=tmp_path / "missing"))
     with pytest.raises(NoModelsError, match="holds no model file"):
         create_app(make_settings(tmp_path, models=tmp_path / "export", backends="torch"))
+
+
+def test_only_variants_that_passed_their_gate_are_served(tmp_path, caplog):
+    folder = make_models_dir(tmp_path, ("student", "student.fp16", "student.int8", "teacher"))
+    settings = make_settings(tmp_path, models=folder)
+    _parity(folder, {"student": {"onnxruntime-fp16": False, "onnxruntime-int8": True, "openvino": True}})
+    app = create_app(settings, loader=FakeLoader())
+    served = [(s.name, s.backend) for s in app.state.registry.specs]
+    # own fp32 kinds without a record are served; a passing record admits int8 and OpenVINO;
+    # a failing record (fp16) and a missing one (teacher's OpenVINO, the int8 Q/DQ in OpenVINO) keep them out.
+    assert served == [("student", "onnxruntime"), ("student", "openvino"), ("student", "onnxruntime-int8"),
+                      ("teacher", "onnxruntime")]  # fmt: skip
+    assert "not serving student.fp16.onnx as onnxruntime-fp16: it failed its parity gate" in caplog.text
+    _parity(folder, {"student": {"onnxruntime": False}})
+    app = create_app(settings, loader=FakeLoader())
+    assert ("student", "onnxruntime") not in [(s.name, s.backend) for s in app.state.registry.specs]
+    with TestClient(app) as client:
+        wait_ready(client)
+        entries = client.get("/v1/models").json()["models"]
+        assert {(e["name"], e["backend"], e["precision"]) for e in entries} == {("teacher", "onnxruntime", "fp32")}
 
 
 def test_micro_batching_is_on_by_default_only_on_gpus():

@@ -166,7 +166,7 @@ def test_engine_sidecar_version_must_match(tmp_path):
 
 def test_available_backends_reports_reasons():
     backends = available_backends()
-    assert set(backends) == {"torch", "onnxruntime", "tensorrt"}
+    assert set(backends) == {"torch", "onnxruntime", "openvino", "tensorrt"}
     assert backends["torch"] is None
     reason = backends["tensorrt"]
     assert reason is None or reason.startswith("tensorrt: ")

@@ -18,8 +18,10 @@ class FakeBackendPredictor:
     backend = "fake"
     requires = ("numpy",)
 
-    def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None) -> None:
-        self.device, self.providers = "cpu", ("fake-cpu",)
+    def __init__(
+        self, path: str | Path, device: str = "auto", threads: int | None = None, precision: str = "fp32"
+    ) -> None:
+        self.device, self.providers, self.precision_used = "cpu", ("fake-cpu",), precision
         self.info = ModelInfo(artifacts.identify(path).model, ("a", "b"), ((0, 0, 0), (255, 255, 255)), str(path))
 
     def predict(self, images: np.ndarray, want_logits: bool = True) -> Prediction:

@@ -45,6 +45,10 @@ def test_latency_writes_json_markdown_and_plot(tiny_run, tiny_export, tmp_path, 
         "cpu",
         "--matmul-size",
         "256",
+        "--backends",
+        "torch",
+        "onnxruntime",
+        "tensorrt",
         "--out",
         str(out),
         "--results-doc",
@@ -84,7 +88,8 @@ def test_latency_writes_json_markdown_and_plot(tiny_run, tiny_export, tmp_path, 
     assert efficiency["target_pct"] == 40.0 and efficiency["efficiency_pct"] > 0
 
     markdown = (out / "latency.md").read_text()
-    assert "| student | onnxruntime | 32x64 | 1 |" in markdown and "ONNX Runtime vs PyTorch eager" in markdown
+    assert "| student | onnxruntime | fp32 | 32x64 | 1 |" in markdown and "ONNX Runtime vs PyTorch eager" in markdown
+    assert "- power: no power sensor for device 'cpu'" in markdown
     assert markdown.strip() in capsys.readouterr().out
     assert (out / "latency.png").read_bytes().startswith(b"\x89PNG")
 
@@ -102,15 +107,15 @@ def test_latency_explicit_models_and_clear_errors(tiny_run, tmp_path, capsys):
     ]
     assert run_bench(argv) == 0
     payload = json.loads((out / "latency.json").read_text())
-    assert [(r["model"], r["backend"]) for r in payload["results"]] == [("student", "torch")]
+    assert [(r["model"], r["backend"]) for r in payload["results"]] == [("student", "torch"), ("student", "torch-bf16")]
     assert payload["ratios"]["headline"]["ort_vs_torch_speedup"] is None
     capsys.readouterr()
 
     assert run_bench(["latency", "--models", str(tmp_path / "missing"), "--out", str(out)]) == 2
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "models folder not found" in error
-    assert run_bench(["latency", "--models", str(tiny_run), "--backends", "openvino", "--out", str(out)]) == 2
-    assert "unknown backend 'openvino'" in capsys.readouterr().err
+    assert run_bench(["latency", "--models", str(tiny_run), "--backends", "tflite", "--out", str(out)]) == 2
+    assert "unknown backend 'tflite'" in capsys.readouterr().err
 
 
 def test_unusable_backend_is_listed_as_skipped(tiny_run, tmp_path):

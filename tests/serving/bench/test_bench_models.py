@@ -41,21 +41,26 @@ def test_discovery_lists_files_and_says_what_is_missing(tmp_path):
     files, missing = discover_models(tmp_path)
     assert [(f.name, f.backend) for f in files] == [
         ("teacher", "torch"),
+        ("teacher", "torch-bf16"),
         ("teacher", "onnxruntime"),
+        ("teacher", "openvino"),
+        ("teacher", "openvino-bf16"),
         ("student", "torch"),
+        ("student", "torch-bf16"),
         ("student", "onnxruntime"),
+        ("student", "openvino"),
+        ("student", "openvino-bf16"),
         ("student", "onnxruntime-fp16"),
     ]
     reasons = {(m["model"], m["backend"]): m["reason"] for m in missing}
-    assert set(reasons) == {
-        ("teacher", "onnxruntime-fp16"),
-        ("teacher", "tensorrt"),
-        ("teacher", "tensorrt-fp16"),
-        ("student", "tensorrt"),
-        ("student", "tensorrt-fp16"),
+    int8 = {"onnxruntime-int8", "openvino-int8-qdq", "openvino-int8", "onnxruntime-int8-trt", "tensorrt-int8"}
+    expected = {"tensorrt", "tensorrt-fp16", *int8}
+    assert set(reasons) == {("teacher", b) for b in expected | {"onnxruntime-fp16"}} | {
+        ("student", b) for b in expected
     }
     assert "teacher.plan (export with --tensorrt on a TensorRT machine)" in reasons[("teacher", "tensorrt")]
     assert "teacher.fp16.onnx (export with --fp16)" in reasons[("teacher", "onnxruntime-fp16")]
+    assert "student.int8.xml (export with --int8)" in reasons[("student", "openvino-int8")]
 
 
 def test_selection_errors(tmp_path):
