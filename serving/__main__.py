@@ -36,6 +36,8 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--infer-height": ("infer_height", int, "resize every image to this height for inference"),
     "--infer-width": ("infer_width", int, "resize every image to this width for inference"),
     "--log-level": ("log_level", str, "uvicorn/serving log level (default info)"),
+    "--api-key-file": ("api_key_file", str, "file with the bearer token /v1 requests must send (default: no auth)"),
+    "--cors-origins": ("cors_origins", str, "comma-separated browser origins allowed (default: CORS off)"),
 }
 
 
@@ -48,6 +50,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.add_argument(flag, type=kind, default=None, help=text)
     parser.add_argument(
         "--fp16", action="store_true", default=None, help="also serve <name>.fp16.onnx as backend onnxruntime-fp16"
+    )
+    parser.add_argument(
+        "--protect-metrics", action="store_true", default=None, help="with --api-key-file, /metrics needs it too"
     )
     parser.add_argument(
         "--torch",
@@ -64,6 +69,8 @@ def build_settings(args: argparse.Namespace) -> Settings:
     given = {name: value for name, value in given.items() if value is not None}
     if args.fp16:
         given["include_fp16"] = True
+    if args.protect_metrics:
+        given["protect_metrics"] = True
     if args.torch:
         given["torch_checkpoints"] = args.torch
     return Settings(**given)
@@ -80,11 +87,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from clda_deploy.errors import CldaError
     from serving.app import configure_logging, create_app
+    from serving.auth import read_api_key
     from serving.registry import discover
 
     args = parse_args(argv)
     try:
         settings = build_settings(args)
+        if settings.api_key_file is not None:
+            read_api_key(settings.api_key_file)  # an unusable key fails here, before a port is bound
         specs = discover(settings)
     except ValidationError as exc:
         fail("; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()))

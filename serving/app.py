@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clda_deploy.artifacts import variants
+from serving.auth import BearerAuthMiddleware, read_api_key
 from serving.errors import ApiError, install_error_handlers
 from serving.images import allow_pixels
 from serving.metrics import ServiceMetrics
@@ -31,6 +32,7 @@ STATIC = Path(__file__).parent / "static"
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
+        401: "api_key_file is set and the request has no or a wrong 'Authorization: Bearer' token",
         404: "unknown model or backend",
         408: "the body did not arrive within body_timeout_s",
         413: "body over max_bytes, or image over max_pixels (decompression bombs included)",
@@ -149,8 +151,10 @@ def _add_routes(app: FastAPI, registry: ModelRegistry, settings: Settings) -> No
 
 def create_app(settings: Settings | None = None, loader: Loader | None = None) -> FastAPI:
     """The service for ``settings``; ``loader`` (path, backend, device, threads) -> Predictor replaces
-    ``clda_deploy.runtime.load_predictor`` in tests. Raises ``NoModelsError`` for an empty folder."""
+    ``clda_deploy.runtime.load_predictor`` in tests. Raises ``NoModelsError`` for an empty folder and
+    ``AuthConfigError`` for an unusable ``api_key_file``."""
     settings = settings or Settings()
+    token = None if settings.api_key_file is None else read_api_key(settings.api_key_file)
     allow_pixels(settings.max_pixels)
     metrics = ServiceMetrics(settings.max_batch or 4)
     registry = ModelRegistry(discover(settings), settings, metrics, loader or runtime_loader)
@@ -172,6 +176,14 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
     app.state.registry = registry
     app.state.settings = settings
     install_error_handlers(app)
+    if token is not None:  # inside the metrics middleware, so 401s are counted
+        app.add_middleware(BearerAuthMiddleware, token=token, protect_metrics=settings.protect_metrics)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Model", "X-Backend",
+                           "X-Inference-Time-Ms", "X-Queue-Time-Ms"])  # fmt: skip
     app.add_middleware(SegmentMetricsMiddleware, metrics=metrics)
     _add_routes(app, registry, settings)
     return app

@@ -84,6 +84,13 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     threads: int | None = Field(None, ge=1, description="CPU threads per model (ONNX Runtime intra-op)")
 
+    # Access. Unset api_key_file: no authentication (bind to loopback, or put a proxy in front).
+    api_key_file: Path | None = Field(None, description="file with the bearer token every /v1 request must send")
+    protect_metrics: bool = Field(False, description="with api_key_file: /metrics needs the token too")
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        default_factory=tuple, description="origins allowed to call the API from a browser (default none: CORS off)"
+    )
+
     # HTTP.
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -123,6 +130,11 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError(f"at least one backend is needed; choose from {known}")
         return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: Any) -> Any:
+        return _split_list(value)
 
     @field_validator("torch_checkpoints", mode="before")
     @classmethod
