@@ -44,8 +44,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 _SEGMENT_BODY = {
     "required": True,
     "content": {
-        "multipart/form-data": {
-            "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+        "multipart/form-data": {  # the server answers 422 without ``file``: the schema says so
+            "schema": {
+                "type": "object",
+                "properties": {"file": {"type": "string", "format": "binary"}},
+                "required": ["file"],
+            }
         },
         "image/png": {"schema": {"type": "string", "format": "binary"}},
         "image/jpeg": {"schema": {"type": "string", "format": "binary"}},

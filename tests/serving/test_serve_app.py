@@ -89,7 +89,11 @@ def test_models_health_docs_and_page(client):
     assert entry["queue_capacity"] == 16 and entry["max_batch"] == 1 and entry["default"]  # CPU: no batching
     assert client.get("/healthz").json() == {"status": "ok", "detail": None}
     assert client.get("/readyz").status_code == 200
-    assert "/v1/segment" in client.get("/openapi.json").json()["paths"]
+    segment = client.get("/openapi.json").json()["paths"]["/v1/segment"]["post"]
+    body = segment["requestBody"]["content"]
+    assert body["multipart/form-data"]["schema"]["required"] == ["file"]  # as the server enforces (422)
+    assert {"image/png", "image/jpeg"} <= set(body)
+    assert {"401", "404", "408", "413", "415", "422", "503"} <= set(segment["responses"])
     assert client.get("/docs").status_code == 200
     page = client.get("/")
     assert page.status_code == 200 and "/v1/segment" in page.text
