@@ -13,6 +13,7 @@ variant against the student's and the teacher's ONNX Runtime fp32.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -150,7 +151,7 @@ def frontier_rows(latency: dict[str, Any], parity: dict[str, Any], settings: Fro
         )
     front = pareto_front(rows)
     return [
-        FrontierRow(**{**row.__dict__, "pareto": index in front})
+        dataclasses.replace(row, pareto=index in front)
         for index, row in sorted(
             enumerate(rows), key=lambda item: (item[1].model != settings.teacher, item[1].model, item[1].p50_ms)
         )  # fmt: skip

@@ -19,7 +19,7 @@ from clda_deploy.artifacts import (
     artifact_kinds,
     discover_artifacts,
     identify_all,
-    kind_of,
+    kinds_of,
     order_key,
     variants,
 )
@@ -88,7 +88,7 @@ def _missing_reason(root: Path, name: str, kind: ArtifactKind) -> str:
     layout = RunLayout(root)
     if kind.backend == "torch":
         return f"no file {layout.model(name)}"
-    precision = kind_of(kind.suffix.join(("x", ""))).precision  # the file's own kind: .int8.xml -> int8
+    precision = kinds_of(layout.exported(name, kind))[0].precision  # the file's own kind: .int8.xml -> int8
     flags = [f"--{precision}"] if precision != "fp32" else []
     flags += ["--tensorrt"] if kind.backend == "tensorrt" else []
     how = f" (export with {' '.join(flags)}{' on a TensorRT machine' if kind.backend == 'tensorrt' else ''})"
