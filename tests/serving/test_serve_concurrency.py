@@ -15,12 +15,16 @@ from serving.app import create_app
 
 
 async def post_all(url: str, payloads: list[bytes], while_waiting=None) -> list[httpx.Response]:
-    """POST every payload at once; ``while_waiting`` (a coroutine function) runs alongside."""
+    """POST every payload at once, each as its own client (``X-Forwarded-For``, trusted from loopback:
+    one address would meet max_uploads_per_client when uploads overlap); ``while_waiting`` (a
+    coroutine function) runs alongside."""
     limits = httpx.Limits(max_connections=len(payloads) + 1)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         requests = [
-            client.post("/v1/segment", content=data, headers={"content-type": "image/png"}) for data in payloads
-        ]
+            client.post("/v1/segment", content=data, headers={"content-type": "image/png",
+                                                              "x-forwarded-for": f"198.18.0.{index + 1}"})
+            for index, data in enumerate(payloads)
+        ]  # fmt: skip
         if while_waiting is not None:
             requests.append(while_waiting())
         results = await asyncio.gather(*requests)
