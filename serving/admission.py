@@ -124,9 +124,7 @@ class ClientUploads:
         self._gauge = None if metrics is None else metrics.uploads
 
     def begin(self, client: str) -> bool:
-        if self.active[client] >= self.limit:
-            if not self.active[client]:
-                del self.active[client]
+        if self.active[client] >= self.limit:  # reading a Counter's missing key adds no entry
             return False
         self.active[client] += 1
         if self._gauge is not None:
@@ -159,7 +157,13 @@ class Admission:
         return ApiError(status, message, headers)
 
     def lease(self, request: Request) -> Lease:
-        """Start this request's upload: 429 when its client already sends ``max_uploads_per_client`` bodies."""
+        """Start this request's upload: 413 when it declares more than ``max_bytes``, 429 when its
+        client already sends ``max_uploads_per_client`` bodies."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.limits.max_bytes:
+            raise self.refuse(
+                "max_bytes", 413, f"the body is {declared} bytes; the limit is {self.limits.max_bytes} bytes", CLOSE
+            )
         client = request.client.host if request.client is not None else "unknown"
         if not self.uploads.begin(client):
             raise self.refuse(
@@ -169,16 +173,17 @@ class Admission:
                 "bodies; wait for one to finish",
                 self.retry_after,
             )
-        return Lease(self, client)
+        return Lease(self, client, int(declared) if declared.isdigit() else None)
 
 
 class Lease:
     """One request's share: its client's upload slot (until its body is read) and its bytes in the
     budget (until it takes a queue slot or ends). ``close`` gives both back and is idempotent."""
 
-    def __init__(self, admission: Admission, client: str) -> None:
+    def __init__(self, admission: Admission, client: str, declared: int | None = None) -> None:
         self.admission = admission
         self.client = client
+        self.declared = declared  # the Content-Length, None for a chunked body
         self.held = 0
         self.uploading = True
 
@@ -211,6 +216,7 @@ class Lease:
             self.admission.uploads.end(self.client)
 
     def close(self) -> None:
+        """Give everything back (the request took its queue slot, or ended however it ended)."""
         self.end_upload()
         if self.held:
             self.admission.budget.give_back(self.held)
@@ -232,15 +238,11 @@ async def _next_chunk(chunks: AsyncGenerator[bytes, None], clock: TransferClock,
 
 
 async def bounded_body(request: Request, lease: Lease) -> AsyncGenerator[bytes, None]:
-    """The body's chunks under every bound of the module docstring, reserved in ``lease``."""
+    """The body's chunks under every bound of the module docstring, reserved in ``lease`` (the
+    declared Content-Length at once, else chunk by chunk)."""
     limits = lease.admission.limits
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit():
-        if int(declared) > limits.max_bytes:
-            raise lease.admission.refuse(
-                "max_bytes", 413, f"the body is {declared} bytes; the limit is {limits.max_bytes} bytes", CLOSE
-            )
-        lease.reserve(int(declared), f"a body of {declared} bytes")
+    if lease.declared is not None:
+        lease.reserve(lease.declared, f"a body of {lease.declared} bytes")
     clock = TransferClock(limits, anyio.current_time())
     chunks = request.stream()
     try:

@@ -26,7 +26,7 @@ from starlette.formparsers import MultiPartParser
 
 from clda_deploy.data.transforms import resize_image, resize_label
 from serving import images
-from serving.admission import CLOSE, Admission, Lease, bounded_body
+from serving.admission import Admission, Lease, bounded_body
 from serving.batching import BatcherClosedError, BatchResult, QueueFullError, Ticket
 from serving.errors import ApiError
 from serving.registry import ModelRegistry, Served
@@ -45,8 +45,8 @@ class Decoded:
     model_input: np.ndarray  # uint8 [h,w,3] resized or padded for the model
 
 
-def check_headers(request: Request, settings: Settings) -> str:
-    """The media type, after refusing unsupported types (415) and declared oversize bodies (413)."""
+def check_headers(request: Request) -> str:
+    """The media type, after refusing unsupported types (415); the declared size is the admission's."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "multipart/form-data" and media not in RAW_TYPES:
         raise ApiError(
@@ -54,9 +54,6 @@ def check_headers(request: Request, settings: Settings) -> str:
             f"Content-Type {media!r} is not accepted: send multipart/form-data with a 'file' field, "
             "or a raw image/png or image/jpeg body",
         )
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > settings.max_bytes:
-        raise ApiError(413, f"the body is {declared} bytes; the limit is {settings.max_bytes} bytes", CLOSE)
     return media
 
 
@@ -138,9 +135,10 @@ async def read_upload(request: Request, settings: Settings, admission: Admission
             ticket = take_slot(served, settings, admission)
 
     415/413 from the headers, 429 for a client already sending too many bodies, then 408/413/503
-    while the body arrives, 413/415/422 from the image and 503 when decoding it does not fit.
+    while the body arrives, 413/415/422 from the image and 503 (or 413) when decoding it does not
+    fit the budget.
     """
-    media = check_headers(request, settings)
+    media = check_headers(request)
     lease = admission.lease(request)
     try:
         data = await read_image_bytes(request, media, lease)

@@ -149,15 +149,19 @@ def test_budget_and_client_counts_give_everything_back():
     assert not ClientUploads(limit=1).active
 
 
-def test_a_decode_larger_than_the_whole_budget_is_413(tmp_path):
+def test_413_for_a_body_over_max_bytes_or_a_decode_over_the_whole_budget(tmp_path):
     settings = make_settings(tmp_path, max_bytes=64 * 1024, max_inflight_bytes=64 * 1024)
     with TestClient(create_app(settings, loader=FakeLoader())) as client:
         wait_until(lambda: client.get("/readyz").status_code == 200, what="/readyz")
+        declared = client.post("/v1/segment", content=PNG_MAGIC + bytes(64 * 1024))
+        assert declared.status_code == 413 and declared.headers["connection"] == "close", declared.text
         response = client.post("/v1/segment", content=image_bytes(random_image(100, 100)))
         assert response.status_code == 413, response.text
         assert "decoding the image needs" in response.json()["error"]["message"]
         assert client.post("/v1/segment", content=image_bytes(random_image(8, 8))).status_code == 200
         assert app_budget_used(client) == 0
+        metrics = client.get("/metrics").text
+        assert 'reason="max_bytes"} 1.0' in metrics and 'reason="max_inflight_bytes"} 1.0' in metrics
 
 
 def app_budget_used(client: TestClient) -> int:
