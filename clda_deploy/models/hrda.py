@@ -17,7 +17,8 @@ the detail box, so that outside it the fused prediction is the context's alone.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,12 +133,28 @@ class HRDASegmenter(Segmenter):
         self.context_scale = float(spec["context_scale"])
         self.detail_crop = tuple(spec["detail_crop"])
         self.slide_stride = tuple(spec["slide_stride"])
+        self._fixed_attention: float | None = None
+
+    @contextlib.contextmanager
+    def fixed_attention(self, value: float) -> Iterator[None]:
+        """Context in which the scale attention is ``value`` everywhere (1: the detail alone inside its
+        box, 0: the context alone), to measure what each scale contributes; changes no weight."""
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"a fixed attention must lie in [0, 1], got {value}")
+        previous, self._fixed_attention = self._fixed_attention, float(value)
+        try:
+            yield
+        finally:
+            self._fixed_attention = previous
 
     def _context(self, image: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
         """Context logits and attention ``[B,K,h',w']`` and the features of the downscaled image."""
         small = F.interpolate(image, scale_factor=self.context_scale, mode="bilinear", align_corners=False)
         features = self.encoder(small)
-        return self.head(features), torch.sigmoid(self.attention_head(features)), features
+        context = self.head(features)
+        if self._fixed_attention is not None:
+            return context, torch.full_like(context, self._fixed_attention), features
+        return context, torch.sigmoid(self.attention_head(features)), features
 
     def _detail_grid(self, image: Tensor) -> tuple[int, int]:
         height, width = image.shape[-2:]
