@@ -159,3 +159,42 @@ def jpeg_declaring(width: int, height: int) -> bytes:
     sof = data.index(b"\xff\xc0")
     data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
+
+
+class ClampedPredictor(FakePredictor):
+    """A FakePredictor that never answers above class ``CEILING``: labels min(red // 14, 9)."""
+
+    CEILING = 9
+
+    def predict(self, images: np.ndarray, want_logits: bool = True) -> Prediction:
+        labels = np.minimum(super().predict(images, want_logits=False).labels, self.CEILING)
+        logits = np.eye(NUM_CLASSES, dtype=np.float32)[labels].transpose(0, 3, 1, 2) if want_logits else None
+        return Prediction(logits, labels)
+
+
+class ClampingLoader(FakeLoader):
+    """A FakeLoader whose model ``clamped`` is a ClampedPredictor, so that a comparison of it with
+    another model disagrees exactly where red >= 140 (classes 10..18 become 9): a test can count it."""
+
+    def __init__(self, clamped: str = "teacher", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.clamped = clamped
+
+    def __call__(self, path: Path, backend: str, device: str, threads: int | None) -> FakePredictor:
+        predictor = super().__call__(path, backend, device, threads)
+        if identify(path).model != self.clamped:
+            return predictor
+        clamped = ClampedPredictor(path, backend, self.gate, self.delay)
+        self.predictors[f"{self.clamped}/{backend}"] = clamped
+        return clamped
+
+
+def banded_image(height: int, width: int, bands: tuple[tuple[int, int], ...], seed: int = 0) -> np.ndarray:
+    """Random green and blue, red constant per band of rows: ``bands`` = ((rows, red), ...), top first."""
+    image = random_image(height, width, seed)
+    top = 0
+    for rows, red in bands:
+        image[top : top + rows, :, 0] = red
+        top += rows
+    assert top == height, f"bands cover {top} rows of {height}"
+    return image
