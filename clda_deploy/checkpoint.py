@@ -169,13 +169,19 @@ def check_init(path: str | Path, config: Config) -> None:
     """
     if not Path(path).is_file():
         raise CheckpointError(f"model.init: model file not found: {path}")
-    stored = read_config(path).model
+    stored_cfg = read_config(path)
+    stored = stored_cfg.model
     for key in ("encoder", "head", "num_classes", "head_channels"):
         if getattr(stored, key) != getattr(config.model, key):
             raise CheckpointError(
                 f"model.init: {path} holds model.{key}={getattr(stored, key)!r} "
                 f"but this config has model.{key}={getattr(config.model, key)!r}"
             )
+    if stored_cfg.uda.method != config.uda.method:
+        raise CheckpointError(
+            f"model.init: {path} is a uda.method={stored_cfg.uda.method} model "
+            f"but this config has uda.method={config.uda.method}"
+        )
 
 
 def initialise_from(model: torch.nn.Module, path: str | Path, config: Config) -> None:
@@ -184,35 +190,43 @@ def initialise_from(model: torch.nn.Module, path: str | Path, config: Config) ->
     load_weights_strict(model, load_state_dict(path), str(path))
 
 
-def build_for_training(config: Config, resume: bool) -> Segmenter:
-    """The segmenter a training command starts from: ``model.pretrained`` encoder weights (else
-    random), then ``model.init``'s weights unless resuming (the checkpoint holds them then)."""
+def segmenter_from_config(config: Config, pretrained: str | None = None) -> Segmenter:
+    """The architecture ``config`` describes: ``config.model``'s encoder and head, wrapped with HRDA's
+    scale-attention head when ``uda.method`` is hrda (randomly initialised unless ``pretrained``)."""
     from clda_deploy.models.segmenter import build_segmenter
 
     model_cfg = config.model
     model = build_segmenter(
         model_cfg.encoder,
-        model_cfg.head,
-        model_cfg.num_classes,
+        head=model_cfg.head,
+        num_classes=model_cfg.num_classes,
         head_channels=model_cfg.head_channels,
-        pretrained=model_cfg.pretrained,
+        pretrained=pretrained,
     )
-    if model_cfg.init is not None and not resume:
-        initialise_from(model, model_cfg.init, config)
+    if config.uda.method != "hrda":
+        return model
+    from clda_deploy.config import detail_crop
+    from clda_deploy.models.hrda import build_hrda
+
+    detail = detail_crop(config)
+    spec = {**model.spec, "method": "hrda", "context_scale": config.hrda.context_scale, "detail_crop": detail,
+            "slide_stride": (detail[0] // 2, detail[1] // 2)}  # fmt: skip
+    channels = config.hrda.attention_channels or model_cfg.head_channels
+    return build_hrda(model.encoder, model.head, spec, channels)
+
+
+def build_for_training(config: Config, resume: bool) -> Segmenter:
+    """The segmenter a training command starts from: ``model.pretrained`` encoder weights (else
+    random), then ``model.init``'s weights unless resuming (the checkpoint holds them then)."""
+    model = segmenter_from_config(config, pretrained=config.model.pretrained)
+    if config.model.init is not None and not resume:
+        initialise_from(model, config.model.init, config)
     return model
 
 
 def build_from_config(config: Config) -> Segmenter:
-    """A randomly initialised segmenter as ``config.model`` describes (no pretrained download)."""
-    from clda_deploy.models.segmenter import build_segmenter
-
-    model_cfg = config.model
-    return build_segmenter(
-        model_cfg.encoder,
-        head=model_cfg.head,
-        num_classes=model_cfg.num_classes,
-        head_channels=model_cfg.head_channels,
-    )
+    """A randomly initialised segmenter as ``config`` describes (no pretrained download)."""
+    return segmenter_from_config(config)
 
 
 def load_segmenter(path: str | Path, device: str | torch.device = "cpu") -> Segmenter:

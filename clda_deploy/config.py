@@ -34,6 +34,7 @@ def _choices(*values: Any) -> dict[str, Any]:
 
 
 DATASET_FORMATS = ("gta5", "synthia", "cityscapes", "folder")
+UDA_METHODS = ("daformer", "hrda")
 
 
 @dataclass(frozen=True)
@@ -97,10 +98,22 @@ class UDAConfig:
     # daformer: self-training with an EMA teacher; source_only / oracle: the baselines of
     # docs/results.md (oracle trains on target-train labels, which UDA never reads).
     mode: str = field(default="daformer", metadata=_choices("daformer", "source_only", "oracle"))
+    # The segmentation scheme every mode trains: daformer (one scale) or hrda (context at hrda.context_scale
+    # plus a detail crop, fused by a learned scale attention; the model gains the attention head).
+    method: str = field(default="daformer", metadata=_choices(*UDA_METHODS))
+    # MIC (Hoyer et al. 2023): q-weighted CE of the student on the jittered, blurred target with a block
+    # mask (mic_block x mic_block patches, each dropped with probability mic_ratio) against the EMA
+    # teacher's pseudo-labels, weight mic_weight; daformer mode, either method. Published: 64, 0.7, 1.
+    mic: bool = False
+    mic_block: int = 64  # pixels of the training crop (MIC uses 64 on 512 and on HRDA's 1024 crops)
+    mic_ratio: float = 0.7
+    mic_weight: float = 1.0
     ema_alpha: float = 0.999  # DAFormer: alpha_t = min(1 - 1/(t+1), 0.999)
     pseudo_threshold: float = 0.968  # DAFormer: q = share of pixels with max prob >= 0.968
     ignore_top: int = 15  # DAFormer (512 crops): pseudo-weight 0 in the top 15 rows ...
     ignore_bottom: int = 120  # ... and the bottom 120 rows; scaled to the crop height
+    ignore_left: int = 0  # columns of weight 0 at each side (HRDA: 30 of 1024-high crops = 15 here), ...
+    ignore_right: int = 0  # ... scaled to the crop height like the rows
     # DAFormer's teacher is a train-mode submodule, so its BatchNorm layers normalise with the
     # target batch's own statistics when it makes pseudo-labels (the default, as DAFormer);
     # false uses the running statistics, which the source dominates (docs/results.md, calibration).
@@ -114,6 +127,18 @@ class UDAConfig:
     rcs_min_pixels: int = 3000  # images with > 3000 pixels of c (at 1280x720, scaled)
     rcs_min_crop_pixels: int = 1500  # crops with > 1500 pixels of c (at 1280x720, scaled)
     imnet_feature_dist: float = 0.005  # DAFormer lambda; active only with a pretrained encoder
+
+
+@dataclass(frozen=True)
+class HRDAConfig:
+    """HRDA's multi-resolution settings (its published config); read when ``uda.method`` is hrda."""
+
+    context_scale: float = 0.5  # the training crop is seen at half scale (HRDA's context) ...
+    # ... and a detail crop at full scale inside it: HRDA's 512 of its 1024 crops; null = half the crop
+    detail_crop: tuple[int, int] | None = None
+    detail_loss_weight: float = 0.1  # (1 - w) CE(fused) + w CE(detail); no separate context loss
+    attention_channels: int | None = None  # the scale-attention head's width; null = model.head_channels
+    divisible: int = 8  # detail-box coordinates are multiples of this (HRDA: 8)
 
 
 @dataclass(frozen=True)
@@ -173,6 +198,7 @@ class Config:
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     uda: UDAConfig = UDAConfig()
+    hrda: HRDAConfig = HRDAConfig()
     clda: CLDAConfig = CLDAConfig()
 
 
@@ -300,10 +326,47 @@ def _check_values(cfg: Config) -> None:
             "clda.saliency_rule: signed needs labels (agreement with the full model can only drop when a "
             "block is skipped); set clda.saliency_data to heldout (or val)"
         )
+    _check_uda_extensions(cfg)
     if cfg.data.workers < 0:
         raise ConfigError(f"data.workers: must be >= 0, got {cfg.data.workers}")
     if cfg.eval.max_images is not None and cfg.eval.max_images <= 0:
         raise ConfigError(f"eval.max_images: must be positive or null, got {cfg.eval.max_images}")
+
+
+def detail_crop(cfg: Config) -> tuple[int, int]:
+    """HRDA's detail crop [h, w]: ``hrda.detail_crop``, or half the training crop when null."""
+    if cfg.hrda.detail_crop is not None:
+        return cfg.hrda.detail_crop
+    return cfg.data.crop[0] // 2, cfg.data.crop[1] // 2
+
+
+def _check_uda_extensions(cfg: Config) -> None:
+    """MIC's ranges, and HRDA's geometry: every crop on the multiples its stride-4 grids at two scales need."""
+    if cfg.uda.mic and (cfg.uda.mic_block <= 0 or not 0.0 <= cfg.uda.mic_ratio < 1.0 or cfg.uda.mic_weight < 0):
+        raise ConfigError(
+            f"uda.mic: need mic_block > 0, 0 <= mic_ratio < 1 and mic_weight >= 0, got mic_block={cfg.uda.mic_block}, "
+            f"mic_ratio={cfg.uda.mic_ratio}, mic_weight={cfg.uda.mic_weight}"
+        )
+    if cfg.uda.method != "hrda":
+        return
+    hrda, multiple = cfg.hrda, cfg.hrda.divisible
+    if not 0.0 < hrda.context_scale < 1.0:
+        raise ConfigError(f"hrda.context_scale: must be in (0, 1), got {hrda.context_scale}")
+    if not 0.0 <= hrda.detail_loss_weight <= 1.0:
+        raise ConfigError(f"hrda.detail_loss_weight: must be in [0, 1], got {hrda.detail_loss_weight}")
+    if multiple <= 0 or multiple % 8:
+        raise ConfigError(f"hrda.divisible: must be a positive multiple of 8, got {multiple}")
+    if hrda.attention_channels is not None and hrda.attention_channels <= 0:
+        raise ConfigError(f"hrda.attention_channels: must be positive or null, got {hrda.attention_channels}")
+    detail = detail_crop(cfg)
+    sizes = {"data.crop": cfg.data.crop, "hrda.detail_crop": detail}
+    if cfg.eval.mode == "slide":
+        sizes.update({"eval.crop": cfg.eval.crop, "eval.stride": cfg.eval.stride})
+    for key, size in sizes.items():
+        if any(value <= 0 or value % multiple for value in size):
+            raise ConfigError(f"{key}: uda.method hrda needs multiples of hrda.divisible={multiple}, got {list(size)}")
+    if detail[0] > cfg.data.crop[0] or detail[1] > cfg.data.crop[1]:
+        raise ConfigError(f"hrda.detail_crop {list(detail)} must fit inside data.crop {list(cfg.data.crop)}")
 
 
 def _migrate(data: dict[str, Any], where: str = "") -> dict[str, Any]:

@@ -135,12 +135,16 @@ def evaluate(
     **options: Any,
 ) -> EvalResult:
     """``evaluate_predictors`` of one predictor (``options``: its device, workers, progress): the
-    confusion matrix, and the predictions saved to ``save_dir`` when given."""
+    confusion matrix, and the predictions saved to ``save_dir`` when given. In ``slide`` mode an HRDA
+    model's windows run its ``slide_forward`` (HRDA's test protocol); the export parity gate calls
+    ``evaluate_predictors`` directly and so compares whole-window inference on both sides."""
 
     def save(_name: str, labels: np.ndarray, image_name: str) -> None:
         save_prediction(labels, image_name, Path(save_dir), label_id_lut)  # type: ignore[arg-type]
 
     on_prediction = None if save_dir is None else save
+    if eval_config.mode == "slide":  # HRDA's test mode: each window through its sliding multi-resolution inference
+        predict = getattr(predict, "slide_forward", predict)
     predictors = {"model": predict}
     (tally,) = evaluate_predictors(predictors, dataset, num_classes, eval_config, on_prediction=on_prediction,
                                    **options).values()  # fmt: skip

@@ -160,7 +160,9 @@ def export_onnx(checkpoint: str | Path, out_path: str | Path, name: str, exporte
     num_classes = segmenter.spec.get("num_classes", 19)
     if num_classes > 255:
         raise ExportError(f"{checkpoint}: {num_classes} classes do not fit the uint8 labels output")
-    layer_norms = sum(isinstance(module, nn.LayerNorm) for module in segmenter.modules())
+    # HRDA runs its encoder twice (context and detail), so every LayerNorm module becomes two nodes.
+    passes = getattr(segmenter, "encoder_passes", 1)
+    layer_norms = passes * sum(isinstance(module, nn.LayerNorm) for module in segmenter.encoder.modules())
     opset = DYNAMO_OPSET if exporter == "dynamo" else OPSET
     log.info("exporting %s to ONNX (%s exporter, opset %d)", checkpoint, exporter, opset)
     try:

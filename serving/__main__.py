@@ -33,6 +33,12 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--max-wait-ms": ("max_wait_ms", float, "how long a batch waits for more requests (default 5)"),
     "--max-bytes": ("max_bytes", int, "largest request body in bytes"),
     "--max-pixels": ("max_pixels", int, "largest image in pixels (width x height)"),
+    "--max-inflight-bytes": ("max_inflight_bytes", int, "bytes bodies and decodes may hold, then 503 (256 MiB)"),
+    "--max-uploads-per-client": ("max_uploads_per_client", int, "bodies one client address sends at once (default 8)"),
+    "--body-timeout": ("body_timeout_s", float, "seconds a whole body may take before 408 (default 30)"),
+    "--body-idle-timeout": ("body_idle_timeout_s", float, "longest pause between body chunks before 408 (default 10)"),
+    "--min-body-rate": ("min_body_rate", int, "bytes/s a body must average after the grace, or 408; 0: off (8192)"),
+    "--body-rate-grace": ("body_rate_grace_s", float, "seconds before --min-body-rate applies (default 5)"),
     "--infer-height": ("infer_height", int, "resize every image to this height for inference"),
     "--infer-width": ("infer_width", int, "resize every image to this width for inference"),
     "--log-level": ("log_level", str, "uvicorn/serving log level (default info)"),
@@ -46,8 +52,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m serving",
         description="Serve the exported models over HTTP (settings also from CLDA_* environment variables).",
     )
-    for flag, (_, kind, text) in FLAGS.items():
-        parser.add_argument(flag, type=kind, default=None, help=text)
+    for flag, (name, kind, text) in FLAGS.items():
+        parser.add_argument(flag, dest=name, type=kind, default=None, help=text)
     parser.add_argument(
         "--fp16", action="store_true", default=None, help="also serve <name>.fp16.onnx as backend onnxruntime-fp16"
     )

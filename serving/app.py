@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from clda_deploy.artifacts import variants
+from serving.admission import Admission
 from serving.auth import BearerAuthMiddleware, read_api_key
 from serving.compare import STUDENT, TEACHER, PairQuery, compare
 from serving.errors import ApiError, install_error_handlers
@@ -33,13 +34,18 @@ STATIC = Path(__file__).parent / "static"
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text}
     for code, text in {
+        400: "the client closed the connection before its body was complete",
         401: "api_key_file is set and the request has no or a wrong 'Authorization: Bearer' token",
         404: "unknown model or backend",
-        408: "the body did not arrive within body_timeout_s",
-        413: "body over max_bytes, or image over max_pixels (decompression bombs included)",
+        408: "the body stalled: not complete within body_timeout_s, a pause over body_idle_timeout_s, or "
+        "slower than min_body_rate after body_rate_grace_s",
+        413: "body over max_bytes, image over max_pixels (decompression bombs included), or an image whose "
+        "decoding alone needs more than max_inflight_bytes",
         415: "not a PNG or JPEG (by content type or by magic bytes)",
         422: "undecodable image or bad parameter",
-        503: "models still loading, or the model's queue is full (see Retry-After)",
+        429: "the client address already sends max_uploads_per_client bodies (see Retry-After)",
+        503: "models still loading, the model's queue is full, or request bodies in flight already hold "
+        "max_inflight_bytes (see Retry-After)",
     }.items()
 }
 _SEGMENT_BODY = {
@@ -111,7 +117,7 @@ def _model_entry(registry: ModelRegistry, key: tuple[str, str]) -> ModelEntry:
     )
 
 
-def _add_routes(app: FastAPI, registry: ModelRegistry, settings: Settings) -> None:
+def _add_routes(app: FastAPI, registry: ModelRegistry, settings: Settings, admission: Admission) -> None:
     page = (STATIC / "index.html").read_text(encoding="utf-8")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -152,10 +158,10 @@ def _add_routes(app: FastAPI, registry: ModelRegistry, settings: Settings) -> No
             OutputFormat, Query(description="png: trainIds (mode L); overlay: colour blend; json")
         ] = "png",
     ) -> Response:
-        return await segment(request, registry, settings, model, backend, format)
+        return await segment(request, registry, settings, model, backend, format, admission)
 
 
-def _add_compare_route(app: FastAPI, registry: ModelRegistry, settings: Settings) -> None:
+def _add_compare_route(app: FastAPI, registry: ModelRegistry, settings: Settings, admission: Admission) -> None:
     """``POST /v1/compare`` (serving/compare.py), with the body forms and error table of ``/v1/segment``."""
 
     @app.post(
@@ -176,7 +182,7 @@ def _add_compare_route(app: FastAPI, registry: ModelRegistry, settings: Settings
         teacher_backend: Annotated[str | None, Query(max_length=32, description="wins over backend")] = None,
     ) -> Response:
         query = PairQuery(student, teacher, backend, student_backend, teacher_backend)
-        return await compare(request, registry, settings, query)
+        return await compare(request, registry, settings, query, admission)
 
 
 def create_app(settings: Settings | None = None, loader: Loader | None = None) -> FastAPI:
@@ -205,6 +211,7 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
     )
     app.state.registry = registry
     app.state.settings = settings
+    app.state.admission = admission = Admission(settings, metrics)  # one byte budget per process
     install_error_handlers(app)
     if token is not None:  # inside the metrics middleware, so 401s are counted
         app.add_middleware(BearerAuthMiddleware, token=token, protect_metrics=settings.protect_metrics)
@@ -215,8 +222,8 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
                            allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Model", "X-Backend",
                            "X-Inference-Time-Ms", "X-Queue-Time-Ms"])  # fmt: skip
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
-    _add_routes(app, registry, settings)
-    _add_compare_route(app, registry, settings)
+    _add_routes(app, registry, settings, admission)
+    _add_compare_route(app, registry, settings, admission)
     return app
 
 

@@ -1,14 +1,15 @@
 """Admission control and dynamic micro-batching for one (model, backend), off the event loop.
 
-A request first ``reserve``s a slot (non-blocking; ``QueueFullError`` -> the route answers 503 with
-Retry-After) *before* its body is read or decoded, and holds it until its response is built. So
-``capacity`` bounds every byte a model's requests hold at once: bodies being read, decoded images
-waiting, the batch being computed. A single worker thread runs the predictor, so inference never
-blocks the event loop and a model never runs two batches at once (its threads are not oversubscribed).
+A request ``reserve``s a slot (non-blocking; ``QueueFullError`` -> the route answers 503 with
+Retry-After) once its image is decoded (bodies being read are bounded by ``serving.admission``, so
+slow uploads hold no slot), and holds it until its response is built. So ``capacity`` bounds what a
+model's admitted requests hold at once: decoded images waiting, the batch being computed. A single
+worker thread runs the predictor, so inference never blocks the event loop and a model never runs
+two batches at once (its threads are not oversubscribed).
 
 Batching: the worker takes the oldest waiting image, then adds waiting images of the *same shape*
 (a batch is one ``[B,3,H,W]`` array) up to ``max_batch``. It waits up to ``max_wait_s`` for more only
-while admitted requests are still being read or decoded, so a lone request pays no batching delay.
+while admitted requests have not submitted yet, so a lone request pays no batching delay.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ class MicroBatcher:
         self._cond = threading.Condition()
         self._jobs: collections.deque[_Job] = collections.deque()
         self._admitted = 0  # reserved and not yet released
-        self._incoming = 0  # reserved and not yet submitted (body being read or decoded)
+        self._incoming = 0  # reserved and not yet submitted
         self._closed = False
         self._thread = threading.Thread(target=self._work, name=f"batcher-{name}", daemon=True)
         self._thread.start()
@@ -103,7 +104,7 @@ class MicroBatcher:
 
     @property
     def incoming(self) -> int:
-        """Admitted requests whose body is still being read or decoded."""
+        """Admitted requests that have not submitted their image yet."""
         return self._incoming
 
     def reserve(self) -> Ticket:

@@ -3,9 +3,12 @@ answer with both label maps and overlays, both latencies, their ratio and how fa
 
 The recipe reuses ``serving.segment``'s steps and keeps its rule of cheap checks first: resolve
 both models (404; 503 while loading), refuse one model on one backend twice (422: it would only
-measure itself), check the headers (415, 413), read and decode the body (413, 408, 415, 422), and
-only then take a slot in each model's queue (503 + Retry-After when either is full, releasing the
-other). Holding no slot while the body arrives means a slow upload never blocks a model (DESIGN §9).
+measure itself), then read and decode the body through ``serving.segment.read_upload``, under the
+same admission bounds as ``/v1/segment`` (415 from the Content-Type; 413 from the Content-Length;
+429 per client; 408/413/503 while the body arrives; 413/415/422 from the image; 503 or 413 when
+decoding does not fit ``max_inflight_bytes``), and only then, inside that block, take a slot in each
+model's queue (503 + Retry-After when either is full, releasing the other). Holding no slot while
+the body arrives means a slow upload never blocks a model (DESIGN §9).
 
 The two models run one after the other, not at once: on a CPU each already uses every core, so
 running them together would slow both and make the latency ratio, the number this view exists
@@ -25,11 +28,12 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from serving import images
-from serving.batching import BatcherClosedError, BatchResult, QueueFullError, Ticket
+from serving.admission import Admission
+from serving.batching import BatchResult, Ticket
 from serving.errors import ApiError
 from serving.registry import ModelRegistry, Served
 from serving.schemas import CompareJson, CompareModel, CompareTiming
-from serving.segment import Decoded, check_headers, decode, labels_for_image, read_body_in_time, run_model
+from serving.segment import Decoded, labels_for_image, read_upload, run_model, take_slot
 from serving.settings import Settings
 
 STUDENT, TEACHER = "student", "teacher"  # the names `make export` gives the two models
@@ -83,25 +87,14 @@ def resolve_pair(registry: ModelRegistry, query: PairQuery) -> tuple[Served, Ser
     return student, teacher
 
 
-def _reserve(served: Served, settings: Settings) -> Ticket:
-    """A slot in ``served``'s queue, or 503 + Retry-After (the message of ``/v1/segment``'s refusal)."""
-    assert served.batcher is not None
-    try:
-        return served.batcher.reserve()
-    except (QueueFullError, BatcherClosedError) as exc:
-        raise ApiError(
-            503,
-            f"model {served.spec.name!r} ({served.spec.backend}) is busy: {exc} (queue_size {served.batcher.capacity})",
-            {"Retry-After": str(settings.retry_after_s)},
-        ) from None
-
-
-def reserve_both(pair: tuple[Served, Served], settings: Settings) -> list[Ticket]:
-    """A slot in each model's queue; when either is full, the 503 comes after releasing what was taken."""
+def reserve_both(pair: tuple[Served, Served], settings: Settings, admission: Admission) -> list[Ticket]:
+    """A slot in each model's queue (``serving.segment.take_slot``: 503 + Retry-After, counted as
+    ``clda_refusals_total{reason="queue_size"}``); when either is full, the 503 comes after releasing
+    what was taken."""
     tickets: list[Ticket] = []
     try:
         for served in pair:
-            tickets.append(_reserve(served, settings))
+            tickets.append(take_slot(served, settings, admission))
     except ApiError:
         for ticket in tickets:
             ticket.release()
@@ -175,17 +168,16 @@ def summarise(student: Side, teacher: Side, classes: tuple[str, ...], total_ms: 
     )
 
 
-async def compare(request: Request, registry: ModelRegistry, settings: Settings, query: PairQuery) -> JSONResponse:
+async def compare(
+    request: Request, registry: ModelRegistry, settings: Settings, query: PairQuery, admission: Admission
+) -> JSONResponse:
     """The whole endpoint; every refusal is an ``ApiError`` (see the module docstring for the order)."""
     started = time.perf_counter()
     pair = resolve_pair(registry, query)
     names = [(served.spec.name, served.spec.backend) for served in pair]
     request.state.metric_labels = (*names[0], *names[1])
-    media = check_headers(request, settings)
-    data = await read_body_in_time(request, media, settings)
-    decoded = await run_in_threadpool(decode, data, settings)
-    del data
-    tickets = reserve_both(pair, settings)
+    async with read_upload(request, settings, admission) as decoded:
+        tickets = reserve_both(pair, settings, admission)  # leaving the block gives the bytes back
     try:
         sides = [
             await run_side(served, ticket, decoded, settings) for served, ticket in zip(pair, tickets, strict=True)

@@ -2,7 +2,8 @@
 as in tests, never collide on metric names).
 
 Labels are bounded: ``model`` and ``backend`` are the names loaded at startup (or ``"none"`` when a
-request never resolved one), never a client-supplied string, so a scanner cannot blow up cardinality.
+request never resolved one) and ``reason`` a setting's name, never a client-supplied string, so a
+scanner cannot blow up cardinality.
 """
 
 from __future__ import annotations
@@ -74,6 +75,15 @@ class ServiceMetrics:
             "clda_queue_depth", "Requests holding a queue slot", ["model", "backend"], registry=registry
         )
         self.ready = Gauge("clda_ready", "1 once every model is loaded and warmed up", registry=registry)
+        # ``reason`` is the name of the setting that refused (max_uploads_per_client, min_body_rate, ...).
+        self.refusals = Counter(
+            "clda_refusals", "Requests refused by a bound, by the setting that refused", ["reason"], registry=registry
+        )
+        self.inflight_bytes = Gauge(
+            "clda_inflight_bytes", "Bytes reserved by requests without a queue slot (max_inflight_bytes)",
+            registry=registry,
+        )  # fmt: skip
+        self.uploads = Gauge("clda_uploads", "Request bodies being read", registry=registry)
 
     def observe_batch(self, model: str, backend: str, size: int, compute_seconds: float) -> None:
         """Called by the batcher's worker thread after each batch (prometheus_client is thread-safe)."""

@@ -1,20 +1,23 @@
-"""``POST /v1/segment`` as a recipe: resolve the model, check headers, take a queue slot, read the
-body under the byte limit, decode under the pixel limit, run the micro-batched predictor, encode.
+"""``POST /v1/segment`` as a recipe: resolve the model, check headers, read the body under the
+admission bounds, decode under the pixel limit, take a queue slot, run the micro-batched predictor,
+encode.
 
 The cheap checks come first so that a request that will be refused costs no body read and no
-decode: 404/422 from the query, 415 from the Content-Type, 413 from the Content-Length, 503 when
-the model's queue is full. CPU-heavy steps (decode, resize, PNG encode) run in the thread pool,
+decode: 404/422 from the query, 415 from the Content-Type, 413 from the Content-Length. The body is
+read before any queue slot is taken (``serving.admission`` bounds it: bytes, bytes in flight, rate,
+uploads per client), so slow clients hold no slot; the slot is taken once the image is decoded (503
+when the queue is full). CPU-heavy steps (decode, resize, PNG encode) run in the thread pool,
 inference in the model's batcher thread, so the event loop only moves bytes.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Literal
 
-import anyio
 import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
@@ -23,6 +26,7 @@ from starlette.formparsers import MultiPartParser
 
 from clda_deploy.data.transforms import resize_image, resize_label
 from serving import images
+from serving.admission import Admission, Lease, bounded_body
 from serving.batching import BatcherClosedError, BatchResult, QueueFullError, Ticket
 from serving.errors import ApiError
 from serving.registry import ModelRegistry, Served
@@ -30,6 +34,9 @@ from serving.settings import Settings
 
 OutputFormat = Literal["png", "json", "overlay"]
 RAW_TYPES = ("image/png", "image/jpeg", "image/jpg", "application/octet-stream", "")
+# Bytes per pixel decoding holds at its peak: PIL's 4-byte RGB(X) image and one converted or
+# rotated copy, the 3-byte RGB array (the model's input adds 3 per pixel of its own size).
+DECODE_BYTES_PER_PIXEL = 11
 
 
 @dataclass(frozen=True)
@@ -38,8 +45,8 @@ class Decoded:
     model_input: np.ndarray  # uint8 [h,w,3] resized or padded for the model
 
 
-def check_headers(request: Request, settings: Settings) -> str:
-    """The media type, after refusing unsupported types (415) and declared oversize bodies (413)."""
+def check_headers(request: Request) -> str:
+    """The media type, after refusing unsupported types (415); the declared size is the admission's."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "multipart/form-data" and media not in RAW_TYPES:
         raise ApiError(
@@ -47,28 +54,15 @@ def check_headers(request: Request, settings: Settings) -> str:
             f"Content-Type {media!r} is not accepted: send multipart/form-data with a 'file' field, "
             "or a raw image/png or image/jpeg body",
         )
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > settings.max_bytes:
-        raise ApiError(413, f"the body is {declared} bytes; the limit is {settings.max_bytes} bytes")
     return media
 
 
-async def limited_stream(request: Request, max_bytes: int) -> AsyncGenerator[bytes, None]:
-    """The body's chunks; 413 as soon as more than ``max_bytes`` arrived (chunked bodies have no length)."""
-    received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > max_bytes:
-            raise ApiError(413, f"the body is larger than the limit of {max_bytes} bytes")
-        yield chunk
-
-
-async def read_image_bytes(request: Request, media: str, max_bytes: int) -> bytes:
+async def read_image_bytes(request: Request, media: str, lease: Lease) -> bytes:
     """The uploaded file's bytes: the multipart field ``file``, or the whole raw body."""
     if media != "multipart/form-data":
-        return b"".join([chunk async for chunk in limited_stream(request, max_bytes)])
+        return b"".join([chunk async for chunk in bounded_body(request, lease)])
     parser = MultiPartParser(
-        request.headers, limited_stream(request, max_bytes), max_files=1, max_fields=16, max_part_size=64 * 1024
+        request.headers, bounded_body(request, lease), max_files=1, max_fields=16, max_part_size=64 * 1024
     )
     try:
         form = await parser.parse()
@@ -88,16 +82,6 @@ async def read_image_bytes(request: Request, media: str, max_bytes: int) -> byte
         await form.close()
 
 
-async def read_body_in_time(request: Request, media: str, settings: Settings) -> bytes:
-    """``read_image_bytes`` under ``body_timeout_s``: a client that trickles its upload would hold a
-    queue slot for ever (a slow-loris), so it gets a 408 instead."""
-    try:
-        with anyio.fail_after(settings.body_timeout_s):
-            return await read_image_bytes(request, media, settings.max_bytes)
-    except TimeoutError:
-        raise ApiError(408, f"the body did not arrive within body_timeout_s = {settings.body_timeout_s:g} s") from None
-
-
 def decode(data: bytes, settings: Settings) -> Decoded:
     """Bytes -> the uploaded RGB image and the model's input (resized, or padded to pad_multiple)."""
     image = images.decode_rgb(data, settings.max_pixels)
@@ -110,12 +94,75 @@ def decode(data: bytes, settings: Settings) -> Decoded:
     return Decoded(image, padded)
 
 
+def model_pixels(height: int, width: int, settings: Settings) -> int:
+    """Pixels of the model's input for a ``height`` x ``width`` image (resized, or padded)."""
+    if settings.infer_size is not None:
+        return settings.infer_size[0] * settings.infer_size[1]
+    multiple = settings.pad_multiple
+    return (height + -height % multiple) * (width + -width % multiple)
+
+
+def decode_cost(data: bytes, settings: Settings) -> int:
+    """Bytes decoding ``data`` will hold at its peak, from the header alone, so that a request the
+    budget cannot take costs no decode; the same 413/415/422 as ``decode`` for what it refuses."""
+    width, height = images.open_checked(data, settings.max_pixels).size
+    return DECODE_BYTES_PER_PIXEL * width * height + 3 * model_pixels(height, width, settings)
+
+
+def memory_bound(settings: Settings, queues: int) -> int:
+    """Bytes that requests can hold at once (README "Serve"): ``max_inflight_bytes`` before a queue
+    slot, then per queue (model x backend) ``queue_size`` images of up to ``max_pixels`` and their
+    model inputs (3 bytes per pixel each; padding to ``pad_multiple`` aside)."""
+    model_input = settings.max_pixels if settings.infer_size is None else model_pixels(1, 1, settings)
+    return settings.max_inflight_bytes + queues * settings.queue_size * 3 * (settings.max_pixels + model_input)
+
+
 def labels_for_image(labels: np.ndarray, decoded: Decoded, settings: Settings) -> np.ndarray:
     """The model's labels back at the uploaded image's size (nearest resize, or crop the padding)."""
     height, width = decoded.image.shape[:2]
     if settings.infer_size is not None:
         return resize_label(labels, (height, width))
     return np.ascontiguousarray(labels[:height, :width])
+
+
+@asynccontextmanager
+async def read_upload(request: Request, settings: Settings, admission: Admission) -> AsyncIterator[Decoded]:
+    """The request's image, read and decoded under every bound of ``serving.admission``; take the
+    queue slot(s) inside the block. Leaving it gives the request's bytes back to the budget, since
+    from then on the queue bounds what the request holds::
+
+        async with read_upload(request, settings, admission) as decoded:
+            ticket = take_slot(served, settings, admission)
+
+    415/413 from the headers, 429 for a client already sending too many bodies, then 408/413/503
+    while the body arrives, 413/415/422 from the image and 503 (or 413) when decoding it does not
+    fit the budget.
+    """
+    media = check_headers(request)
+    lease = admission.lease(request)
+    try:
+        data = await read_image_bytes(request, media, lease)
+        lease.end_upload()
+        lease.reserve(await run_in_threadpool(decode_cost, data, settings), "decoding the image")
+        decoded = await run_in_threadpool(decode, data, settings)
+        del data  # the decoded image replaces the bytes (the budget counted both while decoding)
+        yield decoded
+    finally:
+        lease.close()
+
+
+def take_slot(served: Served, settings: Settings, admission: Admission) -> Ticket:
+    """A slot in the model's queue, or 503 + Retry-After when every one is taken."""
+    assert served.batcher is not None
+    try:
+        return served.batcher.reserve()
+    except (QueueFullError, BatcherClosedError) as exc:
+        raise admission.refuse(
+            "queue_size",
+            503,
+            f"model {served.spec.name!r} ({served.spec.backend}) is busy: {exc} (queue_size {served.batcher.capacity})",
+            {"Retry-After": str(settings.retry_after_s)},
+        ) from None
 
 
 async def run_model(served: Served, ticket: Ticket, image: np.ndarray) -> BatchResult:
@@ -165,26 +212,21 @@ def timing_headers(served: Served, result: BatchResult, timing: dict[str, float]
 
 
 async def segment(
-    request: Request, registry: ModelRegistry, settings: Settings, model: str | None, backend: str | None, output: str
+    request: Request,
+    registry: ModelRegistry,
+    settings: Settings,
+    model: str | None,
+    backend: str | None,
+    output: str,
+    admission: Admission,
 ) -> Response:
     """The whole endpoint; every refusal is an ``ApiError`` (see the module docstring for the order)."""
     started = time.perf_counter()
     served = registry.resolve(model, backend)
     request.state.metric_labels = (served.spec.name, served.spec.backend)
-    media = check_headers(request, settings)
-    assert served.batcher is not None
+    async with read_upload(request, settings, admission) as decoded:
+        ticket = take_slot(served, settings, admission)
     try:
-        ticket = served.batcher.reserve()
-    except (QueueFullError, BatcherClosedError) as exc:
-        raise ApiError(
-            503,
-            f"model {served.spec.name!r} ({served.spec.backend}) is busy: {exc} (queue_size {served.batcher.capacity})",
-            {"Retry-After": str(settings.retry_after_s)},
-        ) from None
-    try:
-        data = await read_body_in_time(request, media, settings)
-        decoded = await run_in_threadpool(decode, data, settings)
-        del data
         result = await run_model(served, ticket, decoded.model_input)
         labels = await run_in_threadpool(labels_for_image, result.labels, decoded, settings)
         body, media_type = await run_in_threadpool(build_response, output, served, decoded, labels, result, settings)

@@ -108,7 +108,21 @@ class Settings(BaseSettings):
     # Input limits (checked before any pixel is decoded).
     max_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest request body")
     max_pixels: int = Field(4096 * 2048, ge=1, description="largest image, width x height")
+
+    # Body reading (serving/admission.py). A request takes a queue slot only once its body has
+    # arrived and its image is decoded, so these bound what slow or numerous uploads hold meanwhile.
+    max_inflight_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1,
+        description="bytes held by requests without a queue slot (bodies arriving, images decoding); more get 503",
+    )
+    max_uploads_per_client: int = Field(8, ge=1, description="bodies one client address sends at once; more get 429")
     body_timeout_s: float = Field(30.0, gt=0, description="a body that takes longer to arrive gets 408")
+    body_idle_timeout_s: float = Field(10.0, gt=0, description="a body that pauses longer between chunks gets 408")
+    min_body_rate: int = Field(
+        8192, ge=0, description="bytes/s a body must average once body_rate_grace_s passed, or 408 (0: no minimum)"
+    )
+    body_rate_grace_s: float = Field(5.0, ge=0, description="seconds of a body not held to min_body_rate")
 
     # Inference geometry. None = the image's own size, padded to a multiple of pad_multiple.
     infer_height: int | None = Field(None, ge=32)
@@ -145,6 +159,14 @@ class Settings(BaseSettings):
     def _check_geometry(self) -> Settings:
         if (self.infer_height is None) != (self.infer_width is None):
             raise ValueError("set both infer_height and infer_width (or neither, for native-size inference)")
+        return self
+
+    @model_validator(mode="after")
+    def _check_budget(self) -> Settings:
+        if self.max_inflight_bytes < self.max_bytes:  # else a body under max_bytes could never be read
+            raise ValueError(
+                f"max_inflight_bytes ({self.max_inflight_bytes}) must be at least max_bytes ({self.max_bytes})"
+            )
         return self
 
     @property

@@ -108,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also the clda_signed row (saliency_rule: signed) over the extra seeds",
     )
+    ablation.add_argument("--rows", nargs="+", default=None, metavar="ROW",
+                          help="only these main rows (default all: independent_student kd_only clda_random "
+                          "clda_channel)")  # fmt: skip
+    ablation.add_argument("--inits", nargs="+", default=None, metavar="INIT",
+                          help="only these clda.student_init values (default: random teacher)")  # fmt: skip
+    ablation.add_argument("--section", default="clda_ablation", help="the results.md section the table replaces")
     ablation.add_argument("--runs", default="runs/ablation", help="one run folder per (row, seed) inside")
     ablation.add_argument("--out", default="docs/results.md", help="markdown file whose ablation table is replaced")
     ablation.add_argument("--json", default="docs/results/clda_ablation.json")
@@ -119,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     baselines.add_argument("--runs", default="runs/baselines", help="one run folder per (mode, seed) inside")
     baselines.add_argument("--json", default="docs/results/uda_baselines.json", help="summary JSON")
     baselines.add_argument("--out", default="docs/results.md", help="markdown file whose baselines table is replaced")
+    baselines.add_argument("--scheme", action="append", default=[], metavar="ROW=CONFIG",
+                           help="a UDA row from another config: hrda=training/configs/synthcity_hrda.yaml")  # fmt: skip
+    baselines.add_argument("--only", nargs="+", default=None, metavar="ROW",
+                           help="compute only these rows; carry the others over from --json")  # fmt: skip
     add_set_argument(baselines)
 
     gap = sub.add_parser("gap", help="score models on SynthCity scenes with groups of the domain gap removed")
@@ -199,11 +209,15 @@ def main(argv: list[str] | None = None) -> int:
                 shard=args.shard,
                 placebo_alpha=args.placebo_alpha,
                 signed=args.signed,
+                rows=args.rows,
+                inits=args.inits,
+                section=args.section,
             )
         elif args.command == "baselines":
             from training.studies.baselines import run_baselines
 
-            run_baselines(args.config, args.overrides, args.seeds, args.runs, args.json, args.out)
+            run_baselines(args.config, args.overrides, args.seeds, args.runs, args.json, args.out, schemes=args.scheme,
+                          only=args.only)  # fmt: skip
         elif args.command == "gap":
             from training.studies.gap_study import run_gap_study
 

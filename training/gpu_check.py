@@ -3,8 +3,10 @@
 For each of the paper's models (DAFormer teacher MiT-B5, CLDA student MiT-B3) it runs real
 DAFormer training steps through the one training loop's ``Trainer.step`` (EMA teacher, ClassMix,
 pseudo-labels, AMP, the optimizer) on 512×512 crops, batch 2 source + 2 target, then an inference
-pass at 512×1024, and prints it/s and peak memory. Synthetic tensors replace the datasets (the GPU
-machine has none); timings do not depend on pixel values.
+pass at 512×1024, and prints it/s and peak memory. Then HRDA MiT-B5 steps at HRDA's sizes (1024×1024
+context crops seen at 0.5, 512×512 detail crops, pseudo-labels by the sliding detail), with whether
+its peak memory leaves room on a 24 GB card (HRDA's users report out-of-memory at 22.5 GB). Synthetic
+tensors replace the datasets (the GPU machine has none); timings do not depend on pixel values.
 
 Gate (exit 3 when it fails, like the export half's parity gate): every timed step's loss is finite
 (mixed precision that overflows shows up as NaN/inf losses, not as an error). Without a visible
@@ -23,6 +25,7 @@ from typing import Any
 
 import torch
 
+from clda_deploy.checkpoint import segmenter_from_config
 from clda_deploy.config import load_config
 from clda_deploy.models.segmenter import build_segmenter
 from clda_deploy.profiling import peak_memory_mib, random_images, synchronize, time_calls
@@ -40,8 +43,19 @@ def synthetic_batches(batch: int, size: int, classes: int, device: torch.device)
         }
 
 
-def check_training(encoder: str, size: int, steps: int, device: torch.device, run_dir: Path) -> dict[str, float]:
-    """it/s and peak memory of DAFormer steps with AMP (bf16/fp16) for ``encoder``."""
+CARD_GIB = 24e9 / 2**30  # a "24 GB" card: 22.35 GiB
+CONTEXT_GIB = 1.0  # what the CUDA context and allocator fragmentation take beyond PyTorch's peak
+
+
+def fits_card(peak_gib: float) -> bool:
+    """Whether a training run with this PyTorch peak leaves room on a 24 GB card."""
+    return peak_gib + CONTEXT_GIB <= CARD_GIB
+
+
+def check_training(
+    encoder: str, size: int, steps: int, device: torch.device, run_dir: Path, method: str = "daformer"
+) -> dict[str, float]:
+    """it/s and peak memory of DAFormer steps (``method`` hrda: HRDA's) with AMP (bf16/fp16) for ``encoder``."""
     cfg = load_config(
         None,
         [
@@ -51,9 +65,10 @@ def check_training(encoder: str, size: int, steps: int, device: torch.device, ru
             "train.warmup_iters=1",
             "train.progress=false",
             f"train.device={device.type}",
+            f"uda.method={method}",
         ],
     )
-    model = build_segmenter(encoder, cfg.model.head, head_channels=cfg.model.head_channels).to(device)
+    model = segmenter_from_config(cfg).to(device)
     task = DAFormerTask(cfg, model, seed=0)
     trainer = Trainer(LoopInputs(cfg, model, task, {}, None, run_dir, device))
     streams = {d: synthetic_batches(cfg.train.batch_size, size, cfg.model.num_classes, device) for d in task.domains}
@@ -86,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=512, help="training crop (square)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--infer", type=int, nargs=2, default=[512, 1024], metavar=("H", "W"))
+    parser.add_argument("--hrda-size", type=int, default=1024, help="HRDA context crop (square; 0 skips HRDA)")
+    parser.add_argument("--hrda-steps", type=int, default=5)
     parser.add_argument("--out", default="runs/gpu_check")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -100,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train {role} {encoder} {args.size}x{args.size} batch 2+2 amp={stats['amp']}: "
               f"{stats['it_per_s']:.2f} it/s, peak {stats['peak_gib']:.2f} GiB")  # fmt: skip
         targets.append(Target(f"{role} non-finite losses", stats["nonfinite_losses"], 0, "<=", gate=True))
+    if args.hrda_size:
+        stats = check_training(args.teacher, args.hrda_size, args.hrda_steps, device, Path(args.out), method="hrda")
+        fits = "yes" if fits_card(stats["peak_gib"]) else "no"
+        print(f"train hrda teacher {args.teacher} {args.hrda_size}x{args.hrda_size} (detail {args.hrda_size // 2}) "
+              f"batch 2+2 amp={stats['amp']}: {stats['it_per_s']:.2f} it/s, peak {stats['peak_gib']:.2f} GiB; "
+              f"fits a 24 GB card (peak + {CONTEXT_GIB:g} GiB <= {CARD_GIB:.2f} GiB): {fits}")  # fmt: skip
+        targets.append(Target("hrda non-finite losses", stats["nonfinite_losses"], 0, "<=", gate=True))
     for role, encoder in (("teacher", args.teacher), ("student", args.student)):
         stats = check_inference(encoder, *args.infer, runs=10, device=device)
         print(f"infer {role} {encoder} {args.infer[0]}x{args.infer[1]}: {stats['ms_per_image']:.1f} ms/image")

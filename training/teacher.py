@@ -79,5 +79,10 @@ def run_teacher(cfg: Config, run_dir: Path, resume: bool = False) -> dict[str, A
     check_teacher_config(cfg)
     result, payload = train_teacher(cfg, run_dir, resume)
     if payload:
-        print(f"teacher ({cfg.uda.mode}) target-val mIoU: {payload['miou']:.2f} -> {run_dir / 'model.safetensors'}")
+        scheme = (
+            cfg.uda.mode
+            + ("" if cfg.uda.method == "daformer" else f", {cfg.uda.method}")
+            + (", mic" if cfg.uda.mic else "")
+        )
+        print(f"teacher ({scheme}) target-val mIoU: {payload['miou']:.2f} -> {run_dir / 'model.safetensors'}")
     return payload

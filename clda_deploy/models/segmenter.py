@@ -48,6 +48,11 @@ class Segmenter(nn.Module):
         logits = self.head(self.encoder(image))  # [B, K, ceil(H/4), ceil(W/4)]
         return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
 
+    def pseudo_label_logits(self, image: Tensor) -> Tensor:
+        """What this model predicts as a teacher for pseudo-labels (``HRDASegmenter``: its sliding
+        multi-resolution inference); for one scale, the plain forward."""
+        return self(image)
+
     # ----- block addressing -------------------------------------------------------------------
     def block_names(self) -> list[str]:
         """All transformer blocks in forward order: ``stage1.block00``, ..., ``stage4.block{d-1}``."""

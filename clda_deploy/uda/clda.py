@@ -31,12 +31,12 @@ from torch import Tensor, nn
 from clda_deploy.artifacts import MAPPING_FILE, SALIENCY_FILE
 from clda_deploy.config import SIMILARITY_MAPPINGS, Config, stage_iterations
 from clda_deploy.errors import CldaError
-from clda_deploy.losses import pixel_weighted_cross_entropy
 from clda_deploy.uda.daformer import unwrap
 from clda_deploy.uda.ema import ema_update_pairs
 from clda_deploy.uda.mixing import mix_with_pseudo_labels
 from clda_deploy.uda.pseudo_label import pseudo_labels, teacher_logits
 from clda_deploy.uda.saliency import is_salient, reference_for, select_nonsalient, teacher_saliency
+from clda_deploy.uda.scales import build_train_forward
 from clda_deploy.uda.similarity import SimilarityAccumulator, mapping_entries, random_mapping
 from clda_deploy.uda.task import Batch
 
@@ -79,6 +79,7 @@ class CLDATask:
         self.accumulator: SimilarityAccumulator | None = None
         self.mapping: dict[str, str] | None = None
         self.generator = torch.Generator().manual_seed(cfg.train.seed + rank)  # ClassMix draws (student_mixing)
+        self.forward = build_train_forward(cfg, cfg.train.seed + rank)  # one scale, or HRDA's two
         self.pseudo_weight_sum: Tensor | float = 0.0  # q summed over training (a tensor: no sync per step)
         self.pseudo_weight_count = 0
         # The digest of the teacher file this run started from; a resume or fork keeps the saved one, so
@@ -150,8 +151,25 @@ class CLDATask:
             if not capture:
                 return teacher_logits(self.teacher, images, batch_stats), {}
             with self.teacher.capture_attention(capture, detach=True) as attention:
+                if self.cfg.uda.method == "hrda":  # the whole-image pass of ``_hrda_attention``
+                    return self.teacher(images), attention
                 logits = teacher_logits(self.teacher, images, batch_stats)
             return logits, attention
+
+    @torch.no_grad()
+    def _hrda_attention(self, model: nn.Module, images: Tensor, capture: list[str]) -> None:
+        """Eq. 6 for HRDA models: both models' whole-image multi-resolution forward on the same target
+        images (the last encoder pass, the full-scale detail, is what the hooks keep), no gradient."""
+        assert self.accumulator is not None
+        _, teacher_attention = self._teacher_forward(images, capture)
+        student = unwrap(model)
+        training = student.training
+        try:  # eval: no drop-path noise in the attention outputs, no BatchNorm statistics from this pass
+            with student.capture_attention(self.accumulator.student_blocks(), detach=True) as student_attention:
+                student.eval()(images)
+        finally:
+            student.train(training)
+        self.accumulator.update(teacher_attention, student_attention)
 
     def losses(self, model: nn.Module, batch: Batch, iteration: int) -> dict[str, Tensor]:
         if self.clda.mapping != "none" and self.picked is None and iteration >= self.t2:
@@ -161,27 +179,35 @@ class CLDATask:
         accumulate = self._accumulating(iteration)
         assert self.accumulator is not None or not accumulate
         capture = list(self.accumulator.scores) if accumulate else None
+        # Eq. 6 compares both models' attention outputs on the same tokens: with one scale, those of this
+        # step's forwards; HRDA's forwards see other crops in teacher and student (sliding windows, a
+        # detail box), so both are read from an extra whole-image pass (``_hrda_attention``).
         mixing = self.clda.student_mixing
-        teacher_logits_target, teacher_attention = self._teacher_forward(target["image"], None if mixing else capture)
-        labels, weight, confidence = pseudo_labels(teacher_logits_target, threshold=self.cfg.uda.pseudo_threshold,
-                                                   ignore_top=self.cfg.uda.ignore_top,
-                                                   ignore_bottom=self.cfg.uda.ignore_bottom)  # fmt: skip
+        separate = mixing or self.cfg.uda.method == "hrda"
+        teacher_logits_target, teacher_attention = self._teacher_forward(target["image"], None if separate else capture)
+        uda = self.cfg.uda
+        labels, weight, confidence = pseudo_labels(teacher_logits_target, threshold=uda.pseudo_threshold,
+                                                   ignore_top=uda.ignore_top, ignore_bottom=uda.ignore_bottom,
+                                                   ignore_left=uda.ignore_left,
+                                                   ignore_right=uda.ignore_right)  # fmt: skip
         q = (confidence >= self.cfg.uda.pseudo_threshold).float().mean()  # the share DAFormer calls q
         target_images = target["image"]
         if mixing:  # DAFormer's step with the fixed teacher's labels
             target_images, labels, weight = mix_with_pseudo_labels(source, target_images, labels, weight,
                                                                    self.cfg.uda, self.generator)  # fmt: skip
-            if accumulate:  # Eq. 6 compares both models on the same images: the mixed ones here
-                _, teacher_attention = self._teacher_forward(target_images, capture)
         images = torch.cat([source["image"], target_images])
-        if accumulate:
+        if accumulate and self.cfg.uda.method == "hrda":
+            self._hrda_attention(model, target_images, capture)
+        elif accumulate and mixing:  # Eq. 6 compares both models on the same images: the mixed ones here
+            _, teacher_attention = self._teacher_forward(target_images, capture)
+        if accumulate and self.cfg.uda.method != "hrda":
             with unwrap(model).capture_attention(self.accumulator.student_blocks(), detach=True) as student_attention:
-                logits = model(images)
+                output = self.forward(model, images)
             self.accumulator.update(teacher_attention, {k: v[count:] for k, v in student_attention.items()})
         else:
-            logits = model(images)
-        source_ce = pixel_weighted_cross_entropy(logits[:count], source["label"])
-        distill = pixel_weighted_cross_entropy(logits[count:], labels, weight)  # Eq. 4 with q
+            output = self.forward(model, images)
+        source_ce = self.forward.loss(output, slice(0, count), source["label"])
+        distill = self.forward.loss(output, slice(count, None), labels, weight)  # Eq. 4 with q
         total = source_ce + distill  # Eq. 9
         self.pseudo_weight_sum = self.pseudo_weight_sum + q.detach()
         self.pseudo_weight_count += 1
@@ -203,6 +229,7 @@ class CLDATask:
             "accumulator": None if self.accumulator is None else self.accumulator.state_dict(),
             "mapping": self.mapping,
             "generator": self.generator.get_state(),
+            "forward": self.forward.state_dict(),
             "pseudo_weight": [float(self.pseudo_weight_sum), self.pseudo_weight_count],
             "teacher_sha256": self.teacher_sha256,
             "measured_saliency": self.measured_saliency,
@@ -221,6 +248,7 @@ class CLDATask:
         self.saliency, self.picked, self.mapping = state["saliency"], state["picked"], state["mapping"]
         if "generator" in state:  # checkpoints written before student_mixing have neither
             self.generator.set_state(state["generator"])
+            self.forward.load_state_dict(state.get("forward", {}))
             self.pseudo_weight_sum, self.pseudo_weight_count = state["pseudo_weight"]
         self.accumulator = None
         if state["accumulator"] is not None:

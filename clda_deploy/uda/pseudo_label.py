@@ -20,15 +20,16 @@ def teacher_logits(teacher: nn.Module, images: Tensor, batch_statistics: bool) -
     teacher is a train-mode submodule) while their running statistics stay untouched (momentum 0 for this
     forward); dropout and drop-path stay off. Without it the teacher runs fully in eval mode.
     """
+    predict = getattr(teacher, "pseudo_label_logits", teacher)  # HRDA: its sliding multi-resolution inference
     if not batch_statistics:
-        return teacher(images)
+        return predict(images)
     norms = [m for m in teacher.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
     try:
         for m in norms:
             m.train()
             m.momentum = 0.0
-        return teacher(images)
+        return predict(images)
     finally:
         for m, (momentum, tracked) in zip(norms, saved, strict=True):
             m.eval()
@@ -56,6 +57,8 @@ def pseudo_labels(
     ignore_top: int = 15,
     ignore_bottom: int = 120,
     reference_height: int = 512,
+    ignore_left: int = 0,
+    ignore_right: int = 0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Hard pseudo-labels with DAFormer's one-scalar-per-batch confidence weight.
 
@@ -64,6 +67,7 @@ def pseudo_labels(
         threshold: DAFormer's ``pseudo_threshold`` tau.
         ignore_top, ignore_bottom: rows given zero weight, for a ``reference_height`` crop;
             scaled by ``H / reference_height`` (``ignored_rows``).
+        ignore_left, ignore_right: columns given zero weight (HRDA's side margins), scaled the same way.
 
     Returns:
         ``labels [B,H,W]`` long (argmax of the softmax), ``weight [B,H,W]`` float32 equal to
@@ -86,4 +90,10 @@ def pseudo_labels(
         weight[:, :top, :] = 0
     if bottom > 0:  # guarded: weight[:, -0:] would zero every row
         weight[:, -bottom:, :] = 0
+    left = ignored_rows(height, ignore_left, reference_height)
+    right = ignored_rows(height, ignore_right, reference_height)
+    if left > 0:
+        weight[:, :, :left] = 0
+    if right > 0:
+        weight[:, :, -right:] = 0
     return labels, weight, confidence

@@ -54,7 +54,8 @@ def write_results(result: Any, run: BenchRun, settings: Any) -> None:
     from clda_deploy.reporting import write_outputs, write_table_section
 
     table = result.markdown(run)
-    write_outputs(Path(settings.out), result.stem, {**run.to_json(), **result.to_json()}, table, result.plot)
+    out = Path(getattr(result, "out_dir", None) or settings.out)  # a result may have its own default folder
+    write_outputs(out, result.stem, {**run.to_json(), **result.to_json()}, table, result.plot)
     if settings.results_doc:
         key = f"bench_{result.stem}"
         write_table_section(settings.results_doc, key, table, f"Benchmark: {result.stem}")

@@ -5,25 +5,26 @@ at the same time), per model and concurrency level, a fixed number of requests. 
 overhead is the end-to-end p50 at concurrency 1 over the in-process p50 of the very file the
 server runs (its path from ``/v1/models``), same backend, size and thread count, measured in the
 same run while no server is busy. ``--overload`` instead fires 4x the queue capacity at once and
-checks that the answers are only 200/503 and the server's memory stays bounded.
+checks that the answers are only 200/503 and the server's memory stays bounded; ``--soak``
+runs a long mixed load instead (``serving.bench.soak``).
 """
 
 from __future__ import annotations
 
 import io
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from clda_deploy.profiling import default_threads, predictor_details, time_alternating
+from clda_deploy.profiling import predictor_details, time_alternating
 from clda_deploy.statistics import summarize_timings
-from serving.bench.common import BenchError, CommonSettings, describe, option, parse_size
+from serving.bench.common import BenchError, describe
 from serving.bench.http_load import RssSampler, run_load
 from serving.bench.http_results import HttpResult, Overload, ServerRun
+from serving.bench.http_settings import HttpSettings
 from serving.bench.models import bench_file, open_predictor
 from serving.bench.server import (
     Server,
@@ -34,76 +35,11 @@ from serving.bench.server import (
     stop_server,
     wait_ready,
 )
+from serving.bench.soak import plan_from, run_soak
+from serving.bench.soak_results import SoakResult
 
 OVERLOAD_FACTOR = 4
 BATCHING_MAX_BATCH = 4  # the micro-batching server's max_batch unless --max-batch says otherwise
-
-
-@dataclass(frozen=True)
-class HttpSettings(CommonSettings):
-    threads: int = option(
-        "--threads",
-        default=default_threads,
-        type=int,
-        positive=True,
-        help="server threads (CLDA_THREADS) and the in-process reference's (default: the usable cores)",
-    )
-    url: str | None = option(
-        "--url", help="a running server, e.g. http://127.0.0.1:8000 (loopback only)", default=None, group="target"
-    )
-    spawn: bool = option(
-        "--spawn",
-        help="start `python -m serving` on a free loopback port",
-        default=False,
-        action="store_true",
-        group="target",
-        recorded=False,
-    )
-    models_dir: str | None = option("--models", help="folder the spawned server serves", default="runs/default/export")
-    models: tuple[str, ...] = option("--names", help="models to load", default=["student", "teacher"], nargs="+")
-    concurrency: tuple[int, ...] = option(
-        "--concurrency", help="requests in flight", default=[1, 8], nargs="+", type=int, metavar="C", positive=True
-    )
-    requests: int = option(
-        "--requests", help="requests per (server, model, concurrency) cell", default=32, type=int, positive=True
-    )
-    warmup: int = option("--warmup", help="untimed requests per model before its cells", default=2, type=int)
-    size: tuple[int, int] = option(
-        "--size", help="request image size", default=(512, 1024), type=parse_size, metavar="HxW"
-    )
-    image: str | None = option("--image", help="send this PNG/JPEG instead of a rendered SynthCity scene", default=None)
-    output_format: str = option("--format", help="response format", default="png", choices=("png", "json", "overlay"))
-    batching: str = option("--batching", help="--spawn: which servers", default="both", choices=("both", "on", "off"))
-    max_batch: int | None = option(
-        "--max-batch",
-        help="--spawn: max_batch of the batching server (default 4)",
-        default=None,
-        type=int,
-        positive=True,
-    )
-    max_wait_ms: float | None = option(
-        "--max-wait-ms", help="--spawn: max_wait_ms of the batching server", default=None, type=float
-    )
-    queue_size: int | None = option(
-        "--queue-size", help="--spawn: queue_size per model (server default 16)", default=None, type=int, positive=True
-    )
-    deadline_s: float = option(
-        "--deadline", help="hard limit per cell, seconds (default 300)", default=300.0, type=float
-    )
-    timeout_s: float = option("--timeout", help="limit per request, seconds (default 60)", default=60.0, type=float)
-    ready_timeout_s: float = option(
-        "--ready-timeout", help="wait for /readyz, seconds (default 300)", default=300.0, type=float
-    )
-    inprocess_iters: int = option(
-        "--inprocess-iters", help="timed in-process calls for the overhead", default=20, type=int, positive=True
-    )
-    overload: bool = option(
-        "--overload", help="fire 4x the queue capacity at once instead", default=False, action="store_true"
-    )
-    overload_waves: int = option(
-        "--overload-waves", help="--overload: bursts, one after the other", default=3, type=int, positive=True
-    )
-    pid: int | None = option("--pid", help="--url: the server's process id, to report its RSS", default=None, type=int)
 
 
 def request_image(settings: HttpSettings) -> tuple[bytes, np.ndarray, str]:
@@ -256,7 +192,7 @@ def _servers(settings: HttpSettings) -> list[tuple[str, dict[str, str] | None]]:
     """(label, env) per server to load; env None = the running ``--url`` server."""
     if settings.url:
         return [("as running", None)]
-    if settings.overload:
+    if settings.overload or settings.soak_minutes is not None:
         label = "server default" if settings.max_batch is None else f"max_batch={settings.max_batch}"
         return [(label, server_env(settings, "default"))]
     modes = {"both": ("off", "on"), "on": ("on",), "off": ("off",)}[settings.batching]
@@ -273,10 +209,17 @@ def _open(label: str, env: dict[str, str] | None, settings: HttpSettings) -> Ser
     return spawn_server(Path(settings.models_dir or "runs/default/export"), env, label, settings.ready_timeout_s)
 
 
-def run_http(settings: HttpSettings) -> HttpResult:
+def run_http(settings: HttpSettings) -> HttpResult | SoakResult:
     """Steps: 1 request image; 2 per server: spawn/wait, cells or overload, stop; 3 in-process
-    reference (interleaved with HTTP requests to the first server)."""
+    reference (interleaved with HTTP requests to the first server). ``--soak``: 2 only, one server."""
     body, rgb, source = request_image(settings)
+    if settings.soak_minutes is not None:
+        plan_from(settings, settings.url or "http://127.0.0.1")  # a bad --soak value fails before a spawn
+        server = _open(*_servers(settings)[0], settings)
+        try:
+            return run_soak(server, settings, body, {"size": list(rgb.shape[:2]), "bytes": len(body), "source": source})
+        finally:
+            stop_server(server)
     runs: list[ServerRun] = []
     overload, reference = None, {}
     total = 0 if settings.overload else len(settings.models) * len(settings.concurrency) * settings.requests

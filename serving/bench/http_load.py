@@ -3,7 +3,10 @@
 A cell sends exactly ``requests`` requests with at most ``concurrency`` in flight, and stops at a
 hard deadline whatever happens: requests still running then are cancelled and counted as
 ``deadline``, requests never sent as ``not_sent``. Latency percentiles are over 200 answers only:
-a fast 503 is a rejection, not a fast inference. Named ``http_load`` so it does not shadow the
+a fast 503 is a rejection, not a fast inference. Each of a cell's workers is its own client
+(``X-Forwarded-For: 198.18.x.y``, the benchmarking address range; uvicorn trusts that header from
+loopback), so the server's per-client upload cap sees one upload per client, as from real users,
+and a cell measures the queue rather than that cap. Named ``http_load`` so it does not shadow the
 standard library's ``http`` package.
 """
 
@@ -40,12 +43,19 @@ def _header_float(response: httpx.Response, name: str) -> float | None:
         return None
 
 
-async def _send(client: httpx.AsyncClient, params: dict[str, str], body: bytes, limit_s: float) -> Outcome:
+def client_address(worker: int) -> str:
+    """The address worker ``worker`` of a cell stands for: 198.18.0.1, 198.18.0.2, ... (RFC 2544)."""
+    return f"198.18.{(worker + 1) // 256 % 256}.{(worker + 1) % 256}"
+
+
+async def _send(
+    client: httpx.AsyncClient, params: dict[str, str], body: bytes, limit_s: float, worker: int = 0
+) -> Outcome:
     start = time.perf_counter()
+    headers = {"Content-Type": "image/png", "X-Forwarded-For": client_address(worker)}
     try:
-        response = await asyncio.wait_for(
-            client.post("/v1/segment", params=params, content=body, headers={"Content-Type": "image/png"}), limit_s
-        )
+        response = await asyncio.wait_for(client.post("/v1/segment", params=params, content=body, headers=headers),
+                                          limit_s)  # fmt: skip
     except asyncio.TimeoutError:
         return Outcome("timeout", (time.perf_counter() - start) * 1000.0)
     except httpx.HTTPError as exc:
@@ -72,18 +82,18 @@ async def _load(
     # trust_env=False: no proxy from the environment may relay loopback traffic elsewhere.
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout_s, trust_env=False) as client:
 
-        async def worker() -> None:
+        async def worker(index: int) -> None:
             nonlocal claimed
             while claimed < requests and time.monotonic() < end:
                 claimed += 1
                 remaining = max(end - time.monotonic(), 0.001)
-                outcome = await _send(client, params, body, min(timeout_s, remaining))
+                outcome = await _send(client, params, body, min(timeout_s, remaining), index)
                 if outcome.status == "timeout" and remaining < timeout_s:  # stopped by the cell's deadline
                     outcome = replace(outcome, status="deadline")
                 outcomes.append(outcome)
 
         start = time.perf_counter()
-        tasks = [asyncio.create_task(worker()) for _ in range(min(concurrency, requests))]
+        tasks = [asyncio.create_task(worker(index)) for index in range(min(concurrency, requests))]
         _, pending = await asyncio.wait(tasks, timeout=deadline_s + 1.0)
         for task in pending:  # a request the per-request limit did not stop (should not happen)
             task.cancel()

@@ -74,3 +74,24 @@ def test_runtime_predictors_and_reported_classes():
     cfg = SimpleNamespace(eval=EvalConfig(num_classes_reported=16))
     assert len(reported_classes(cfg, [f"c{i}" for i in range(19)])) == 16
     assert reported_classes(cfg, ["left", "right"]) is None, "a custom label set is scored over all classes"
+
+
+def test_slide_mode_runs_an_hrda_models_sliding_multi_resolution_inference():
+    """HRDA's test protocol: each slide window goes through ``slide_forward``, not the whole-window forward."""
+    calls = []
+
+    class HRDALike:
+        def __call__(self, images):
+            calls.append("whole")
+            return torch.zeros(images.shape[0], 2, *images.shape[-2:])
+
+        def slide_forward(self, images):
+            calls.append(("slide", tuple(images.shape[-2:])))
+            logits = torch.zeros(images.shape[0], 2, *images.shape[-2:])
+            logits[:, 1] = 1.0
+            return logits
+
+    config = EvalConfig(mode="slide", crop=(4, 2), stride=(4, 2))
+    result = evaluate(HRDALike(), TwoImages(), 2, config, progress=False)
+    assert calls == [("slide", (4, 2))] * 4 and "whole" not in calls  # two windows per image
+    assert result.matrix[:, 1].sum() == 32  # every pixel predicted as class 1

@@ -1,7 +1,8 @@
 """Helpers for the service tests, in a uniquely named module (``from conftest import`` is ambiguous
 across test folders): a fake Predictor that really computes (labels are a function of the pixels,
 so a test can check that every request gets its own answer), a loader that hands it out for
-placeholder model files, a real uvicorn server in a thread, and image builders (bombs included)."""
+placeholder model files, a real uvicorn server in a thread, a raw-socket upload whose body trickles,
+and image builders (bombs included)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from clda_deploy.runtime import ModelInfo, Prediction
 from serving.settings import Settings
 
 NUM_CLASSES = len(CITYSCAPES_CLASSES)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def expected_labels(image: np.ndarray) -> np.ndarray:
@@ -123,7 +125,9 @@ def running_server(app, timeout: float = 20.0):
     """Serve ``app`` with a real uvicorn on a free loopback port in a thread; yields the base URL."""
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only for such sockets;
+    # without it every response waits ~40 ms for a delayed ACK (Nagle), and latencies measure that.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -198,3 +202,55 @@ def banded_image(height: int, width: int, bands: tuple[tuple[int, int], ...], se
         top += rows
     assert top == height, f"bands cover {top} rows of {height}"
     return image
+
+
+def wait_until(predicate, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+class SlowUpload:
+    """A ``POST`` to ``path`` whose body trickles: the head and the PNG magic now, then one byte per
+    ``send_byte()``; ``poll()`` collects the answer (status, time) once the server sends it."""
+
+    def __init__(self, url: str, length: int = 4096, client: str | None = None, path: str = "/v1/segment") -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        forwarded = f"X-Forwarded-For: {client}\r\n" if client else ""
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {length}\r\n"
+        self.sock.sendall((head + forwarded + "\r\n").encode() + PNG_MAGIC)
+        self.sock.setblocking(False)
+        self.started = time.monotonic()
+        self.reply = b""
+        self.answered_after: float | None = None
+        self.closed = False  # the server closed the connection (after its answer, or without one)
+
+    @property
+    def status(self) -> int | None:
+        return int(self.reply.split(b" ", 2)[1]) if self.reply.startswith(b"HTTP/1.1 ") else None
+
+    def poll(self) -> None:
+        while not self.closed:
+            try:
+                chunk = self.sock.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError:  # a reset: whatever arrived before it is kept
+                chunk = b""
+            if not chunk:
+                self.closed = True
+            self.reply += chunk
+            if self.answered_after is None and b"\r\n\r\n" in self.reply:
+                self.answered_after = time.monotonic() - self.started
+
+    def send_byte(self) -> None:
+        if self.answered_after is None and not self.closed:
+            try:
+                self.sock.send(b"\0")
+            except OSError:  # the server closed: its answer, if any, is read by the next poll
+                pass
+
+    def close(self) -> None:
+        self.sock.close()

@@ -39,6 +39,19 @@ def test_defaults_and_validation():
         Settings(queue_size=0)
 
 
+def test_body_admission_flags_and_their_consistency():
+    flags = "--max-inflight-bytes 4096 --max-uploads-per-client 3 --body-timeout 7.5 --body-idle-timeout 2"
+    flags += " --min-body-rate 0 --body-rate-grace 1 --max-bytes 4096"
+    settings = build_settings(parse_args(flags.split()))
+    assert (settings.max_inflight_bytes, settings.max_uploads_per_client, settings.min_body_rate) == (4096, 3, 0)
+    assert (settings.body_timeout_s, settings.body_idle_timeout_s, settings.body_rate_grace_s) == (7.5, 2.0, 1.0)
+    defaults = Settings()
+    assert (defaults.max_inflight_bytes, defaults.max_uploads_per_client) == (256 * 1024 * 1024, 8)
+    assert (defaults.body_idle_timeout_s, defaults.min_body_rate, defaults.body_rate_grace_s) == (10.0, 8192, 5.0)
+    with pytest.raises(ValidationError, match=r"max_inflight_bytes \(1000\) must be at least max_bytes \(4096\)"):
+        Settings(max_inflight_bytes=1000, max_bytes=4096)
+
+
 def test_settings_survive_the_trip_through_env_for_worker_processes(monkeypatch):
     original = Settings(
         queue_size=5, backends="onnxruntime", torch_checkpoints={"s": "a.safetensors"}, infer_height=64, infer_width=64

@@ -1,23 +1,29 @@
 """``POST /v1/compare``: both models on one upload, the agreement between their label maps counted by
-hand on a teacher that clamps classes, the same refusals as /v1/segment, admission after decoding."""
+hand on a teacher that clamps classes, the same refusals as /v1/segment, and the same admission
+(serving/admission.py): the body's bounds first, both queue slots only after decoding."""
 
 import base64
 import io
 import json
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from serving_testkit import (
+    PNG_MAGIC,
     ClampingLoader,
+    SlowUpload,
     banded_image,
     expected_labels,
     image_bytes,
     make_models_dir,
     make_settings,
     random_image,
+    running_server,
     wait_ready,
+    wait_until,
 )
 
 from serving.app import create_app
@@ -140,6 +146,7 @@ def test_a_full_queue_is_a_503_after_decoding_and_frees_the_other_slot(clamping_
         finally:
             held.release()
         assert post_compare(clamping_client, image).status_code == 200
+    assert 'clda_refusals_total{reason="queue_size"} 2.0' in clamping_client.get("/metrics").text
 
 
 def test_compare_is_counted_in_metrics_listed_in_openapi_and_on_the_page(clamping_client):
@@ -158,6 +165,72 @@ def test_compare_is_counted_in_metrics_listed_in_openapi_and_on_the_page(clampin
         "student", "teacher", "backend", "student_backend", "teacher_backend"
     ]  # fmt: skip
     assert operation["requestBody"]["content"]["multipart/form-data"]["schema"]["required"] == ["file"]
-    assert {"200", "401", "404", "408", "413", "415", "422", "503"} <= set(operation["responses"])
+    assert {"200", "400", "401", "404", "408", "413", "415", "422", "429", "503"} <= set(operation["responses"])
     assert operation["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/CompareJson")
     assert "/v1/compare" in clamping_client.get("/").text
+
+
+def queue_depths(app) -> list[int]:
+    return [served.batcher.depth for served in app.state.registry.entries.values()]
+
+
+def test_compare_reads_its_body_under_the_byte_bounds(tmp_path):
+    settings = make_settings(tmp_path, max_bytes=64 * 1024, max_inflight_bytes=64 * 1024)
+    with TestClient(create_app(settings, loader=ClampingLoader())) as client:
+        wait_ready(client)
+        declared = post_compare(client, PNG_MAGIC + bytes(64 * 1024))
+        assert_error(declared, 413, "the limit is 65536 bytes")
+        assert declared.headers["connection"] == "close"
+        assert_error(post_compare(client, image_bytes(random_image(100, 100))), 413, "decoding the image needs")
+        assert post_compare(client, image_bytes(random_image(8, 8))).status_code == 200
+        assert client.app.state.admission.budget.used == 0 and queue_depths(client.app) == [0, 0]
+        metrics = client.get("/metrics").text
+    assert 'clda_refusals_total{reason="max_bytes"} 1.0' in metrics
+    assert 'clda_refusals_total{reason="max_inflight_bytes"} 1.0' in metrics
+
+
+def test_compare_counts_against_the_clients_upload_cap_and_holds_no_slot_while_reading(tmp_path):
+    settings = make_settings(tmp_path, max_uploads_per_client=2, retry_after_s=2)
+    app = create_app(settings, loader=ClampingLoader())
+    small, headers = image_bytes(random_image(8, 8)), {"content-type": "image/png"}
+    with running_server(app) as url:
+        wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 20, "/readyz")
+        # one slow body per endpoint: the cap is the client's, whichever endpoint it uploads to
+        slow = [SlowUpload(url, client="198.51.100.9", path=path) for path in ("/v1/compare", "/v1/segment")]
+        wait_until(lambda: sum(app.state.admission.uploads.active.values()) == 2, what="both uploads to be read")
+        assert queue_depths(app) == [0, 0], "a body still arriving holds no queue slot"
+        refused = httpx.post(f"{url}/v1/compare", content=small, headers={**headers, "x-forwarded-for": "198.51.100.9"})
+        assert_error(refused, 429, "max_uploads_per_client = 2")
+        assert refused.headers["retry-after"] == "2"
+        other = httpx.post(f"{url}/v1/compare", content=small, headers={**headers, "x-forwarded-for": "198.51.100.10"})
+        assert other.status_code == 200, other.text
+        for upload in slow:
+            upload.close()
+        wait_until(lambda: not app.state.admission.uploads.active and app.state.admission.budget.used == 0)
+        again = httpx.post(f"{url}/v1/compare", content=small, headers={**headers, "x-forwarded-for": "198.51.100.9"})
+        assert again.status_code == 200, again.text
+        metrics = httpx.get(f"{url}/metrics").text
+    assert 'clda_refusals_total{reason="max_uploads_per_client"} 1.0' in metrics
+    both = 'student="student",student_backend="onnxruntime",teacher="teacher",teacher_backend="onnxruntime"'
+    assert f'clda_compare_requests_total{{status="429",{both}}} 1.0' in metrics
+    assert f'clda_compare_requests_total{{status="200",{both}}} 2.0' in metrics
+
+
+def test_a_stalled_compare_body_gets_408_and_gives_everything_back(tmp_path):
+    app = create_app(make_settings(tmp_path, body_idle_timeout_s=0.3), loader=ClampingLoader())
+    with running_server(app) as url:
+        wait_until(lambda: httpx.get(f"{url}/readyz").status_code == 200, 20, "/readyz")
+        upload = SlowUpload(url, path="/v1/compare")  # the PNG magic, then nothing
+        try:
+            wait_until(lambda: upload.poll() or upload.closed, 5, "the 408 and the connection to close")
+        finally:
+            upload.close()
+        assert upload.status == 408 and b"body_idle_timeout_s = 0.3 s" in upload.reply, upload.reply
+        assert b"connection: close" in upload.reply.lower()
+        assert upload.answered_after is not None and 0.25 < upload.answered_after < 1.5
+        assert app.state.admission.budget.used == 0 and queue_depths(app) == [0, 0]
+        small = image_bytes(random_image(8, 8))
+        response = httpx.post(f"{url}/v1/compare", content=small, headers={"content-type": "image/png"})
+        assert response.status_code == 200, response.text
+        metrics = httpx.get(f"{url}/metrics").text
+    assert 'clda_refusals_total{reason="body_idle_timeout_s"} 1.0' in metrics

@@ -11,17 +11,20 @@ import numpy as np
 from PIL import Image
 from serving_testkit import FakeLoader, expected_labels, image_bytes, make_settings, random_image, running_server
 
-from serving import segment
 from serving.app import create_app
 
 
 async def post_all(url: str, payloads: list[bytes], while_waiting=None) -> list[httpx.Response]:
-    """POST every payload at once; ``while_waiting`` (a coroutine function) runs alongside."""
+    """POST every payload at once, each as its own client (``X-Forwarded-For``, trusted from loopback:
+    one address would meet max_uploads_per_client when uploads overlap); ``while_waiting`` (a
+    coroutine function) runs alongside."""
     limits = httpx.Limits(max_connections=len(payloads) + 1)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
         requests = [
-            client.post("/v1/segment", content=data, headers={"content-type": "image/png"}) for data in payloads
-        ]
+            client.post("/v1/segment", content=data, headers={"content-type": "image/png",
+                                                              "x-forwarded-for": f"198.18.0.{index + 1}"})
+            for index, data in enumerate(payloads)
+        ]  # fmt: skip
         if while_waiting is not None:
             requests.append(while_waiting())
         results = await asyncio.gather(*requests)
@@ -35,15 +38,17 @@ def wait_ready(url: str) -> None:
         time.sleep(0.02)
 
 
-def test_full_queue_answers_503_with_retry_after_before_decoding(tmp_path, monkeypatch):
-    decoded = []
-    real_decode = segment.decode
-    monkeypatch.setattr(segment, "decode", lambda data, settings: decoded.append(1) or real_decode(data, settings))
+def test_full_queue_answers_503_with_retry_after_and_refused_images_are_never_computed(tmp_path):
+    # The queue slot is taken once the image is decoded (issue #16: before, it was taken before the
+    # body was read, so slow bodies could hold every slot); a refused request costs a decode, no inference.
     settings = make_settings(tmp_path, queue_size=2, max_batch=1, retry_after_s=3)
-    app = create_app(settings, loader=FakeLoader(delay=0.25))
+    loader = FakeLoader(delay=0.25)
+    app = create_app(settings, loader=loader)
     payloads = [image_bytes(random_image(32, 32, seed)) for seed in range(4 * settings.queue_size)]
     with running_server(app) as url:
         wait_ready(url)
+        predictor = loader.predictors["student/onnxruntime"]
+        predictor.batches.clear()  # forget the warm-up
         responses = asyncio.run(post_all(url, payloads))
         statuses = [response.status_code for response in responses]
         assert set(statuses) <= {200, 503}, statuses
@@ -52,10 +57,12 @@ def test_full_queue_answers_503_with_retry_after_before_decoding(tmp_path, monke
             if response.status_code == 503:
                 assert response.headers["retry-after"] == "3"
                 assert "is busy" in response.json()["error"]["message"]
-        assert len(decoded) == statuses.count(200)  # refused requests were never decoded
+        assert sum(shape[0] for shape in predictor.batches) == statuses.count(200)
         assert httpx.get(f"{url}/readyz").status_code == 200
         metrics = httpx.get(f"{url}/metrics").text
         assert f'status="503"}} {float(statuses.count(503))}' in metrics
+        assert f'clda_refusals_total{{reason="queue_size"}} {float(statuses.count(503))}' in metrics
+        assert "clda_inflight_bytes 0.0" in metrics and "clda_uploads 0.0" in metrics  # all given back
 
 
 def test_concurrent_requests_are_micro_batched_by_size(tmp_path):
@@ -86,18 +93,22 @@ def test_concurrent_requests_are_micro_batched_by_size(tmp_path):
     assert sorted(int(response.headers["x-batch-size"]) for response in responses)[-1] == 4
 
 
-def test_a_trickling_upload_gets_408_and_gives_its_slot_back(tmp_path):
-    app = create_app(make_settings(tmp_path, queue_size=1, body_timeout_s=0.3), loader=FakeLoader())
+def test_a_trickling_upload_holds_no_queue_slot_and_gets_408(tmp_path):
+    app = create_app(make_settings(tmp_path, queue_size=1, body_timeout_s=1.0), loader=FakeLoader())
     with running_server(app) as url:
         wait_ready(url)
         host, port = url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=10) as slow:
             head = "POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n"
-            slow.sendall(head.encode() + b"\x89PNG")  # then nothing: a slow-loris holding the only slot
+            slow.sendall(head.encode() + b"\x89PNG")  # then nothing: a slow-loris
+            deadline = time.monotonic() + 5
+            while not app.state.admission.uploads.active:  # its body is being read
+                assert time.monotonic() < deadline
+                time.sleep(0.005)
+            response = httpx.post(f"{url}/v1/segment", content=image_bytes(random_image(8, 8)))
+            assert response.status_code == 200  # the only queue slot is free: bodies are read first (#16)
             reply = b""
             while not reply.endswith(b"}}") and (chunk := slow.recv(4096)):
                 reply += chunk
             reply = reply.decode("latin-1")
         assert reply.startswith("HTTP/1.1 408") and "body_timeout_s" in reply, reply
-        response = httpx.post(f"{url}/v1/segment", content=image_bytes(random_image(8, 8)))
-        assert response.status_code == 200  # the slot came back

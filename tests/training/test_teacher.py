@@ -27,8 +27,8 @@ def data_overrides(root: Path) -> list[str]:
             f"data.val.root={root / 'target'}"]  # fmt: skip
 
 
-def smoke_config(root, *extra):
-    return load_config(SMOKE_TEACHER, [*data_overrides(root), *extra])
+def smoke_config(root, *extra, config=SMOKE_TEACHER):
+    return load_config(config, [*data_overrides(root), *extra])
 
 
 def run_cli(args, **kwargs):
@@ -54,14 +54,19 @@ def test_teacher_writes_the_run_files(tiny_synthcity, tmp_path):
     assert read_metadata(run / "model.safetensors")["clda_role"] == "teacher"
 
 
-def test_resume_restores_iteration_model_and_ema_teacher(tiny_synthcity, tmp_path):
+@pytest.mark.parametrize("config", [SMOKE_TEACHER, SMOKE_TEACHER.replace("smoke_teacher", "smoke_hrda_teacher")])
+def test_resume_restores_iteration_model_and_ema_teacher(tiny_synthcity, tmp_path, config):
+    """DAFormer, and HRDA with MIC (whose detail-box stream must resume too)."""
     run = tmp_path / "teacher"
-    train_teacher(smoke_config(tiny_synthcity, "train.iters=2"), run)
+    train_teacher(smoke_config(tiny_synthcity, "train.iters=2", config=config), run)
     saved = torch.load(run / CHECKPOINT_FILE, weights_only=False)
-    inputs, _ = prepare_teacher(smoke_config(tiny_synthcity, "train.iters=4"), run, resume=True)
+    inputs, _ = prepare_teacher(smoke_config(tiny_synthcity, "train.iters=4", config=config), run, resume=True)
     trainer = Trainer(inputs)
     trainer.resume()
     assert trainer.iteration == saved["iteration"] == 2
+    assert inputs.task.forward.state_dict().keys() == saved["task"]["forward"].keys()
+    for key, value in saved["task"]["forward"].items():
+        assert torch.equal(inputs.task.forward.state_dict()[key], value)
     for name, tensor in saved["task"]["teacher"].items():
         torch.testing.assert_close(inputs.task.teacher.state_dict()[name], tensor, rtol=0, atol=0)
     for name, tensor in saved["model"].items():

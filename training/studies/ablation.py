@@ -63,6 +63,8 @@ class Plan:
     runs: Path
     placebo_alpha: float = DEFAULT_PLACEBO_ALPHA
     optional_rows: tuple[str, ...] = ()
+    main_rows: tuple[str, ...] = MAIN_ROWS  # --rows: a subset (e.g. the three rows a new teacher needs)
+    inits: tuple[str, ...] = INITS  # --inits: a subset of the student inits
 
     @property
     def config_init(self) -> str:
@@ -74,11 +76,11 @@ class Plan:
 
     def groups(self) -> list[tuple[int, str]]:
         """(seed, init) pairs in run order: seed-major, so an interrupted ablation has whole seeds."""
-        return [(seed, init) for seed in self.seeds for init in INITS]
+        return [(seed, init) for seed in self.seeds for init in self.inits]
 
     def rows_of(self, seed: int, init: str) -> list[str]:
         extras = [*EXTRA_ROWS, *self.optional_rows] if init == self.config_init and seed in self.extra_seeds else []
-        return [*MAIN_ROWS, *extras]
+        return [*self.main_rows, *extras]
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -259,6 +261,9 @@ def run_ablation(
     shard: str | None = None,
     placebo_alpha: float = DEFAULT_PLACEBO_ALPHA,
     signed: bool = False,
+    rows: list[str] | None = None,
+    inits: list[str] | None = None,
+    section: str = "clda_ablation",
 ) -> dict[str, Any] | None:
     """Train (or reuse) every run of the plan, or one shard of it; without ``shard`` also write the
     JSON and the markdown section. Returns the summary (None for a shard)."""
@@ -267,8 +272,14 @@ def run_ablation(
 
     read_config(teacher)  # a missing or foreign teacher fails before any training
     extra = seeds[: min(3, len(seeds))] if extra_seeds is None else extra_seeds
+    main_rows, chosen_inits = tuple(rows or MAIN_ROWS), tuple(inits or INITS)
+    for name, values, allowed in (("--rows", main_rows, MAIN_ROWS), ("--inits", chosen_inits, INITS)):
+        if unknown := [value for value in values if value not in allowed]:
+            raise UsageError(f"{name}: unknown {', '.join(unknown)}; choose from {', '.join(allowed)}")
+    if "clda_channel" not in main_rows:
+        raise UsageError("--rows must include clda_channel: every row forks from its prefix run")
     plan = Plan(config, tuple(overrides), load_config(config, overrides), teacher, tuple(seeds), tuple(extra),
-                Path(runs), placebo_alpha, OPTIONAL_ROWS if signed else ())  # fmt: skip
+                Path(runs), placebo_alpha, OPTIONAL_ROWS if signed else (), main_rows, chosen_inits)  # fmt: skip
     part = parse_shard(shard)
     check_plan(plan)
     for seed, init in plan.groups():
@@ -278,8 +289,11 @@ def run_ablation(
     if part is not None:
         return None
     sets = f" --set {' '.join(overrides)}" if overrides else ""
+    subset = "" if main_rows == MAIN_ROWS else f" --rows {' '.join(main_rows)}"
+    subset += "" if chosen_inits == INITS else f" --inits {' '.join(chosen_inits)}"
+    subset += "" if section == "clda_ablation" else f" --section {section}"
     command = (f"python -m training ablation -c {config} --teacher {teacher} --seeds {len(seeds)} "
-               f"--extra-seeds {len(extra)}{' --signed' if signed else ''} --runs {runs}{sets}")  # fmt: skip
+               f"--extra-seeds {len(extra)}{' --signed' if signed else ''}{subset} --runs {runs}{sets}")  # fmt: skip
     from training.studies.ablation_report import markdown, summarize_ablation
 
     summary = summarize_ablation(plan, command)
@@ -287,6 +301,6 @@ def run_ablation(
     from clda_deploy.reporting import write_section
 
     table = markdown(summary)
-    write_section(Path(out), "clda_ablation", "CLDA ablation (Tab. 3)", table)
+    write_section(Path(out), section, "CLDA ablation (Tab. 3)", table)
     print(table)
     return summary

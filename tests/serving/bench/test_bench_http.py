@@ -7,7 +7,7 @@ from bench_testkit import run_bench
 from serving_testkit import FakeLoader, make_settings, running_server
 
 from serving.app import create_app
-from serving.bench.http_load import Outcome, summarize_cell  # noqa: E402
+from serving.bench.http_load import Outcome, client_address, summarize_cell  # noqa: E402
 
 
 def test_spawned_server_load_overhead_and_batching(tiny_export, tmp_path, capsys):
@@ -168,3 +168,9 @@ def test_cell_summary_golden():
     assert cell["ok"] == 2 and cell["throughput_rps"] == 1.0 and cell["backend"] == "onnxruntime"
     assert cell["latency_ms"]["p50"] == 20.0 and cell["server_inference_ms"]["p50"] == 5.0
     assert cell["mean_batch_size"] == 1.5
+
+
+def test_each_worker_of_a_cell_is_its_own_client():
+    # The server caps uploads per client address; a cell's workers stand for separate users.
+    addresses = [client_address(worker) for worker in range(4096)]
+    assert addresses[:2] == ["198.18.0.1", "198.18.0.2"] and len(set(addresses)) == 4096

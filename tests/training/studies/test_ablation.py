@@ -113,3 +113,27 @@ def test_row_configs_are_the_config_plus_typed_row_values():
     placebo = row_config(plan, "clda_placebo", "teacher", 0)
     assert (placebo.clda.alpha, placebo.clda.mapping, placebo.train.seed, placebo.train.iters) == (0.9, "channel", 0, 6)
     assert row_config(plan, "clda_signed", "teacher", 0).clda.saliency_rule == "signed"
+
+
+def test_rows_and_inits_restrict_the_plan():
+    from training.studies.ablation import Plan
+
+    config = str(CONFIGS / "smoke_student.yaml")
+    plan = Plan(config, (), load_config(config, []), "teacher.safetensors", (0, 1), (), Path("runs"),
+                main_rows=("independent_student", "kd_only", "clda_channel"), inits=("teacher",))  # fmt: skip
+    assert plan.groups() == [(0, "teacher"), (1, "teacher")]
+    assert plan.rows_of(0, "teacher") == ["independent_student", "kd_only", "clda_channel"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--rows", "kd_only", "clda_nope"], "--rows: unknown clda_nope"),
+        (["--rows", "kd_only"], "--rows must include clda_channel"),
+        (["--inits", "imagenet"], "--inits: unknown imagenet"),
+    ],
+)
+def test_unknown_rows_or_inits_are_refused_before_training(finished, capsys, extra, message):
+    *_, args = finished
+    assert main([*args, *extra]) == 2
+    assert message in capsys.readouterr().err
