@@ -21,11 +21,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from clda_deploy.artifacts import variants
 from serving.admission import Admission
 from serving.auth import BearerAuthMiddleware, read_api_key
+from serving.compare import STUDENT, TEACHER, PairQuery, compare
 from serving.errors import ApiError, install_error_handlers
 from serving.images import allow_pixels
 from serving.metrics import ServiceMetrics
 from serving.registry import Loader, ModelRegistry, discover, effective_max_batch, runtime_loader
-from serving.schemas import ErrorBody, ModelEntry, ModelsResponse, SegmentJson, Status
+from serving.schemas import CompareJson, ErrorBody, ModelEntry, ModelsResponse, SegmentJson, Status
 from serving.segment import OutputFormat, segment
 from serving.settings import Settings
 
@@ -63,16 +64,18 @@ _SEGMENT_BODY = {
 }
 
 
-class SegmentMetricsMiddleware:
-    """Counts every ``/v1/segment`` response by model, backend and status, whichever layer answered
-    (our errors, FastAPI's 422 validation, the endpoint)."""
+class RequestMetricsMiddleware:
+    """Counts every response of the model endpoints (``/v1/segment``, ``/v1/compare``: the paths of
+    ``metrics.REQUEST_COUNTERS``) by their models and status, whichever layer answered (our errors,
+    FastAPI's 422 validation, the endpoint)."""
 
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app = app
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != "/v1/segment":
+        path = scope.get("path")
+        if scope["type"] != "http" or path not in self.metrics.endpoint_requests:
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
@@ -87,8 +90,7 @@ class SegmentMetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            model, backend = state.get("metric_labels", ("none", "none"))
-            self.metrics.requests.labels(model, backend, str(status)).inc()
+            self.metrics.count_request(path, state.get("metric_labels"), status)
 
 
 def _model_entry(registry: ModelRegistry, key: tuple[str, str]) -> ModelEntry:
@@ -159,6 +161,30 @@ def _add_routes(app: FastAPI, registry: ModelRegistry, settings: Settings, admis
         return await segment(request, registry, settings, model, backend, format, admission)
 
 
+def _add_compare_route(app: FastAPI, registry: ModelRegistry, settings: Settings, admission: Admission) -> None:
+    """``POST /v1/compare`` (serving/compare.py), with the body forms and error table of ``/v1/segment``."""
+
+    @app.post(
+        "/v1/compare",
+        summary="Segment one PNG/JPEG image with two models (student and teacher) and compare them",
+        description="Both label maps and overlays, both latencies, teacher/student compute ratio, pixel "
+        "agreement. 422 when both sides are one model on one backend; one model on two backends is allowed.",
+        response_model=CompareJson,
+        responses=_ERRORS,
+        openapi_extra={"requestBody": _SEGMENT_BODY},
+    )
+    async def compare_endpoint(
+        request: Request,
+        student: Annotated[str, Query(max_length=128, description="the first model")] = STUDENT,
+        teacher: Annotated[str, Query(max_length=128, description="the second model")] = TEACHER,
+        backend: Annotated[str | None, Query(max_length=32, description="both sides' backend")] = None,
+        student_backend: Annotated[str | None, Query(max_length=32, description="wins over backend")] = None,
+        teacher_backend: Annotated[str | None, Query(max_length=32, description="wins over backend")] = None,
+    ) -> Response:
+        query = PairQuery(student, teacher, backend, student_backend, teacher_backend)
+        return await compare(request, registry, settings, query, admission)
+
+
 def create_app(settings: Settings | None = None, loader: Loader | None = None) -> FastAPI:
     """The service for ``settings``; ``loader`` (path, backend, device, threads) -> Predictor replaces
     ``clda_deploy.runtime.load_predictor`` in tests. Raises ``NoModelsError`` for an empty folder and
@@ -195,8 +221,9 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Model", "X-Backend",
                            "X-Inference-Time-Ms", "X-Queue-Time-Ms"])  # fmt: skip
-    app.add_middleware(SegmentMetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     _add_routes(app, registry, settings, admission)
+    _add_compare_route(app, registry, settings, admission)
     return app
 
 

@@ -12,6 +12,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 # Seconds: CPU inference of a small model is tens of ms, a big one on a slow CPU several seconds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Request counters of the model endpoints: path -> (metric, help, the labels the endpoint sets in
+# ``request.state.metric_labels``); the status label comes last. A compare request is one count of
+# its own counter, labelled by both models, not two counts of clda_requests (which stays "one image,
+# one model" so its rates keep their meaning).
+REQUEST_COUNTERS = {
+    "/v1/segment": ("clda_requests", "Segmentation requests by outcome", ("model", "backend")),
+    "/v1/compare": (
+        "clda_compare_requests",
+        "Student-teacher comparisons by outcome",
+        ("student", "student_backend", "teacher", "teacher_backend"),
+    ),
+}
 
 
 class ServiceMetrics:
@@ -22,8 +34,17 @@ class ServiceMetrics:
     def __init__(self, max_batch: int) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
-        self.requests = Counter(
-            "clda_requests", "Segmentation requests by outcome", ["model", "backend", "status"], registry=registry
+        self.endpoint_requests = {
+            path: Counter(name, text, [*labels, "status"], registry=registry)
+            for path, (name, text, labels) in REQUEST_COUNTERS.items()
+        }
+        self.requests = self.endpoint_requests["/v1/segment"]
+        self.compare_seconds = Histogram(
+            "clda_compare_seconds",
+            "Whole /v1/compare time inside the server (read, decode, both models, encode, agreement)",
+            list(REQUEST_COUNTERS["/v1/compare"][2]),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
         self.queue_wait = Histogram(
             "clda_queue_wait_seconds",
@@ -68,6 +89,12 @@ class ServiceMetrics:
         """Called by the batcher's worker thread after each batch (prometheus_client is thread-safe)."""
         self.batch_size.labels(model, backend).observe(size)
         self.compute.labels(model, backend).observe(compute_seconds)
+
+    def count_request(self, path: str, labels: tuple[str, ...] | None, status: int) -> None:
+        """One response of the endpoint at ``path``; ``labels`` None (no model resolved) reads "none"."""
+        names = REQUEST_COUNTERS[path][2]
+        values = labels if labels is not None else ("none",) * len(names)
+        self.endpoint_requests[path].labels(*values, str(status)).inc()
 
     def render(self) -> bytes:
         """The current values in Prometheus' text format."""

@@ -30,6 +30,37 @@ class SegmentJson(BaseModel):
     timing_ms: Timing
 
 
+class CompareTiming(BaseModel):
+    queue: float = Field(description="ms from submission to the start of this model's batch")
+    compute: float = Field(description="ms of the batch's predictor call (preprocessing + inference)")
+    total: float = Field(description="ms of this model's share: queue, compute, crop and PNG encoding")
+
+
+class CompareModel(BaseModel):
+    model: str
+    backend: str
+    batch_size: int = Field(description="images computed together with this one")
+    labels_png: str = Field(description="base64 PNG, mode L: the trainId map at the uploaded size")
+    overlay_png: str = Field(description="base64 PNG, RGB: the palette blend, as format=overlay of /v1/segment")
+    histogram: dict[str, int] = Field(description="pixels per class name, every class listed")
+    timing_ms: CompareTiming
+
+
+class CompareJson(BaseModel):
+    width: int
+    height: int
+    student: CompareModel
+    teacher: CompareModel
+    latency_ratio: float | None = Field(
+        description="teacher compute / student compute (how much faster the student is); null if unmeasurable"
+    )
+    pixel_agreement_pct: float = Field(description="share of pixels both label maps give the same class, in %")
+    class_agreement_pct: dict[str, float] = Field(
+        description="per class either model predicts: IoU of the two models' regions of that class, in %"
+    )
+    total_ms: float = Field(description="ms inside the server: read, decode, both models one after the other")
+
+
 class ModelEntry(BaseModel):
     name: str
     backend: str = Field(description="the variant: runtime plus precision (onnxruntime, openvino-int8, ...)")

@@ -1,7 +1,8 @@
 """Helpers for the service tests, in a uniquely named module (``from conftest import`` is ambiguous
 across test folders): a fake Predictor that really computes (labels are a function of the pixels,
 so a test can check that every request gets its own answer), a loader that hands it out for
-placeholder model files, a real uvicorn server in a thread, and image builders (bombs included)."""
+placeholder model files, a real uvicorn server in a thread, a raw-socket upload whose body trickles,
+and image builders (bombs included)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from clda_deploy.runtime import ModelInfo, Prediction
 from serving.settings import Settings
 
 NUM_CLASSES = len(CITYSCAPES_CLASSES)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def expected_labels(image: np.ndarray) -> np.ndarray:
@@ -161,3 +163,94 @@ def jpeg_declaring(width: int, height: int) -> bytes:
     sof = data.index(b"\xff\xc0")
     data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
     return bytes(data)
+
+
+class ClampedPredictor(FakePredictor):
+    """A FakePredictor that never answers above class ``CEILING``: labels min(red // 14, 9)."""
+
+    CEILING = 9
+
+    def predict(self, images: np.ndarray, want_logits: bool = True) -> Prediction:
+        labels = np.minimum(super().predict(images, want_logits=False).labels, self.CEILING)
+        logits = np.eye(NUM_CLASSES, dtype=np.float32)[labels].transpose(0, 3, 1, 2) if want_logits else None
+        return Prediction(logits, labels)
+
+
+class ClampingLoader(FakeLoader):
+    """A FakeLoader whose model ``clamped`` is a ClampedPredictor, so that a comparison of it with
+    another model disagrees exactly where red >= 140 (classes 10..18 become 9): a test can count it."""
+
+    def __init__(self, clamped: str = "teacher", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.clamped = clamped
+
+    def __call__(self, path: Path, backend: str, device: str, threads: int | None) -> FakePredictor:
+        predictor = super().__call__(path, backend, device, threads)
+        if identify(path).model != self.clamped:
+            return predictor
+        clamped = ClampedPredictor(path, backend, self.gate, self.delay)
+        self.predictors[f"{self.clamped}/{backend}"] = clamped
+        return clamped
+
+
+def banded_image(height: int, width: int, bands: tuple[tuple[int, int], ...], seed: int = 0) -> np.ndarray:
+    """Random green and blue, red constant per band of rows: ``bands`` = ((rows, red), ...), top first."""
+    image = random_image(height, width, seed)
+    top = 0
+    for rows, red in bands:
+        image[top : top + rows, :, 0] = red
+        top += rows
+    assert top == height, f"bands cover {top} rows of {height}"
+    return image
+
+
+def wait_until(predicate, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+class SlowUpload:
+    """A ``POST`` to ``path`` whose body trickles: the head and the PNG magic now, then one byte per
+    ``send_byte()``; ``poll()`` collects the answer (status, time) once the server sends it."""
+
+    def __init__(self, url: str, length: int = 4096, client: str | None = None, path: str = "/v1/segment") -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=10)
+        forwarded = f"X-Forwarded-For: {client}\r\n" if client else ""
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {length}\r\n"
+        self.sock.sendall((head + forwarded + "\r\n").encode() + PNG_MAGIC)
+        self.sock.setblocking(False)
+        self.started = time.monotonic()
+        self.reply = b""
+        self.answered_after: float | None = None
+        self.closed = False  # the server closed the connection (after its answer, or without one)
+
+    @property
+    def status(self) -> int | None:
+        return int(self.reply.split(b" ", 2)[1]) if self.reply.startswith(b"HTTP/1.1 ") else None
+
+    def poll(self) -> None:
+        while not self.closed:
+            try:
+                chunk = self.sock.recv(65536)
+            except BlockingIOError:
+                return
+            except OSError:  # a reset: whatever arrived before it is kept
+                chunk = b""
+            if not chunk:
+                self.closed = True
+            self.reply += chunk
+            if self.answered_after is None and b"\r\n\r\n" in self.reply:
+                self.answered_after = time.monotonic() - self.started
+
+    def send_byte(self) -> None:
+        if self.answered_after is None and not self.closed:
+            try:
+                self.sock.send(b"\0")
+            except OSError:  # the server closed: its answer, if any, is read by the next poll
+                pass
+
+    def close(self) -> None:
+        self.sock.close()

@@ -5,7 +5,6 @@ distinct ``X-Forwarded-For`` addresses (uvicorn trusts that header from loopback
 
 from __future__ import annotations
 
-import socket
 import statistics
 import threading
 import time
@@ -14,58 +13,20 @@ import httpx
 import psutil
 import pytest
 from fastapi.testclient import TestClient
-from serving_testkit import FakeLoader, image_bytes, make_settings, random_image, running_server
+from serving_testkit import (
+    PNG_MAGIC,
+    FakeLoader,
+    SlowUpload,
+    image_bytes,
+    make_settings,
+    random_image,
+    running_server,
+    wait_until,
+)
 
 from serving.admission import BodyLimits, ByteBudget, ClientUploads, TransferClock
 from serving.app import create_app
 from serving.segment import memory_bound
-
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-class SlowUpload:
-    """A ``POST /v1/segment`` whose body trickles: the head and the PNG magic now, then one byte per
-    ``send_byte()``; ``poll()`` collects the answer (status, time) once the server sends it."""
-
-    def __init__(self, url: str, length: int = 4096, client: str | None = None) -> None:
-        host, port = url.removeprefix("http://").split(":")
-        self.sock = socket.create_connection((host, int(port)), timeout=10)
-        forwarded = f"X-Forwarded-For: {client}\r\n" if client else ""
-        head = f"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {length}\r\n"
-        self.sock.sendall((head + forwarded + "\r\n").encode() + PNG_MAGIC)
-        self.sock.setblocking(False)
-        self.started = time.monotonic()
-        self.reply = b""
-        self.answered_after: float | None = None
-        self.closed = False  # the server closed the connection (after its answer, or without one)
-
-    @property
-    def status(self) -> int | None:
-        return int(self.reply.split(b" ", 2)[1]) if self.reply.startswith(b"HTTP/1.1 ") else None
-
-    def poll(self) -> None:
-        while not self.closed:
-            try:
-                chunk = self.sock.recv(65536)
-            except BlockingIOError:
-                return
-            except OSError:  # a reset: whatever arrived before it is kept
-                chunk = b""
-            if not chunk:
-                self.closed = True
-            self.reply += chunk
-            if self.answered_after is None and b"\r\n\r\n" in self.reply:
-                self.answered_after = time.monotonic() - self.started
-
-    def send_byte(self) -> None:
-        if self.answered_after is None and not self.closed:
-            try:
-                self.sock.send(b"\0")
-            except OSError:  # the server closed: its answer, if any, is read by the next poll
-                pass
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 class Trickler:
@@ -98,13 +59,6 @@ class Trickler:
         self._thread.join()
         for upload in self.uploads:
             upload.close()
-
-
-def wait_until(predicate, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def wait_ready(url: str) -> None:
