@@ -25,43 +25,20 @@ from serving.compare import STUDENT, TEACHER, PairQuery, compare
 from serving.errors import ApiError, install_error_handlers
 from serving.images import allow_pixels
 from serving.metrics import ServiceMetrics
+from serving.openapi import (
+    METRICS_RESPONSES,
+    READYZ_ERRORS,
+    SEGMENT_OK,
+    UPLOAD_BODY,
+    UPLOAD_ERRORS,
+    document_bearer_auth,
+)
 from serving.registry import Loader, ModelRegistry, discover, effective_max_batch, runtime_loader
-from serving.schemas import CompareJson, ErrorBody, ModelEntry, ModelsResponse, SegmentJson, Status
+from serving.schemas import CompareJson, ModelEntry, ModelsResponse, Status
 from serving.segment import OutputFormat, segment
 from serving.settings import Settings
 
 STATIC = Path(__file__).parent / "static"
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in {
-        400: "the client closed the connection before its body was complete",
-        401: "api_key_file is set and the request has no or a wrong 'Authorization: Bearer' token",
-        404: "unknown model or backend",
-        408: "the body stalled: not complete within body_timeout_s, a pause over body_idle_timeout_s, or "
-        "slower than min_body_rate after body_rate_grace_s",
-        413: "body over max_bytes, image over max_pixels (decompression bombs included), or an image whose "
-        "decoding alone needs more than max_inflight_bytes",
-        415: "not a PNG or JPEG (by content type or by magic bytes)",
-        422: "undecodable image or bad parameter",
-        429: "the client address already sends max_uploads_per_client bodies (see Retry-After)",
-        503: "models still loading, the model's queue is full, or request bodies in flight already hold "
-        "max_inflight_bytes (see Retry-After)",
-    }.items()
-}
-_SEGMENT_BODY = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {  # the server answers 422 without ``file``: the schema says so
-            "schema": {
-                "type": "object",
-                "properties": {"file": {"type": "string", "format": "binary"}},
-                "required": ["file"],
-            }
-        },
-        "image/png": {"schema": {"type": "string", "format": "binary"}},
-        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-    },
-}
 
 
 class RequestMetricsMiddleware:
@@ -128,14 +105,14 @@ def _add_routes(app: FastAPI, registry: ModelRegistry, settings: Settings, admis
     async def healthz() -> Status:
         return Status(status="ok")
 
-    @app.get("/readyz", response_model=Status, responses={503: {"model": ErrorBody}}, summary="Readiness")
+    @app.get("/readyz", response_model=Status, responses=READYZ_ERRORS, summary="Readiness")
     async def readyz() -> Any:
         ready, detail = registry.readiness()
         if not ready:
             raise ApiError(503, f"not ready: {detail}", {"Retry-After": str(settings.retry_after_s)})
         return Status(status="ready", detail=detail)
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response, responses=METRICS_RESPONSES)
     async def metrics() -> Response:
         return Response(registry.metrics.render(), media_type=registry.metrics.content_type)
 
@@ -147,8 +124,8 @@ def _add_routes(app: FastAPI, registry: ModelRegistry, settings: Settings, admis
     @app.post(
         "/v1/segment",
         summary="Segment one PNG/JPEG image",
-        responses={200: {"content": {"image/png": {}}, "model": SegmentJson}, **_ERRORS},
-        openapi_extra={"requestBody": _SEGMENT_BODY},
+        responses={200: SEGMENT_OK, **UPLOAD_ERRORS},
+        openapi_extra={"requestBody": UPLOAD_BODY},
     )
     async def segment_endpoint(
         request: Request,
@@ -170,13 +147,14 @@ def _add_compare_route(app: FastAPI, registry: ModelRegistry, settings: Settings
         description="Both label maps and overlays, both latencies, teacher/student compute ratio, pixel "
         "agreement. 422 when both sides are one model on one backend; one model on two backends is allowed.",
         response_model=CompareJson,
-        responses=_ERRORS,
-        openapi_extra={"requestBody": _SEGMENT_BODY},
+        responses=UPLOAD_ERRORS,
+        openapi_extra={"requestBody": UPLOAD_BODY},
     )
     async def compare_endpoint(
         request: Request,
-        student: Annotated[str, Query(max_length=128, description="the first model")] = STUDENT,
-        teacher: Annotated[str, Query(max_length=128, description="the second model")] = TEACHER,
+        # min_length: an empty name would fall back to default_model (the student) on either side
+        student: Annotated[str, Query(min_length=1, max_length=128, description="the first model")] = STUDENT,
+        teacher: Annotated[str, Query(min_length=1, max_length=128, description="the second model")] = TEACHER,
         backend: Annotated[str | None, Query(max_length=32, description="both sides' backend")] = None,
         student_backend: Annotated[str | None, Query(max_length=32, description="wins over backend")] = None,
         teacher_backend: Annotated[str | None, Query(max_length=32, description="wins over backend")] = None,
@@ -215,6 +193,7 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
     install_error_handlers(app)
     if token is not None:  # inside the metrics middleware, so 401s are counted
         app.add_middleware(BearerAuthMiddleware, token=token, protect_metrics=settings.protect_metrics)
+        document_bearer_auth(app, settings.protect_metrics)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
