@@ -28,6 +28,7 @@ from serving.metrics import ServiceMetrics
 from serving.openapi import (
     METRICS_RESPONSES,
     READYZ_ERRORS,
+    SEGMENT_HEADERS,
     SEGMENT_OK,
     UPLOAD_BODY,
     UPLOAD_ERRORS,
@@ -198,8 +199,8 @@ def create_app(settings: Settings | None = None, loader: Loader | None = None) -
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"], expose_headers=["X-Model", "X-Backend",
-                           "X-Inference-Time-Ms", "X-Queue-Time-Ms"])  # fmt: skip
+                           allow_headers=["Authorization", "Content-Type"],
+                           expose_headers=list(SEGMENT_HEADERS))  # every X-* timing header  # fmt: skip
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     _add_routes(app, registry, settings, admission)
     _add_compare_route(app, registry, settings, admission)

@@ -64,6 +64,10 @@ def test_cors_is_off_by_default_and_configurable(tmp_path):
     with TestClient(create_app(settings, loader=FakeLoader())) as client:
         response = client.options("/v1/segment", headers=preflight)
         assert response.headers["access-control-allow-origin"] == "https://app.example"
+        answer = client.post("/v1/segment", content=image_bytes(random_image(32, 32)),
+                             headers={"Origin": "https://app.example", "Content-Type": "image/png"})  # fmt: skip
+        exposed = {name.strip() for name in answer.headers["access-control-expose-headers"].split(",")}
+        assert {"X-Model", "X-Inference-Time-Ms", "X-Total-Time-Ms", "X-Batch-Size"} <= exposed  # a browser reads them
 
 
 @pytest.mark.parametrize(
