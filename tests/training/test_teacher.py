@@ -31,9 +31,15 @@ def smoke_config(root, *extra, config=SMOKE_TEACHER):
     return load_config(config, [*data_overrides(root), *extra])
 
 
+def default_sigint() -> None:
+    """In the child: SIGINT as a terminal delivers it. A test run started in the background by a
+    non-interactive shell inherits SIGINT ignored, and Python then keeps ignoring it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_cli(args, **kwargs):
     return subprocess.Popen([sys.executable, "-m", "training", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)  # fmt: skip
+                            stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint, **kwargs)  # fmt: skip
 
 
 def test_teacher_writes_the_run_files(tiny_synthcity, tmp_path):
