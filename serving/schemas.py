@@ -30,9 +30,8 @@ class SegmentJson(BaseModel):
     timing_ms: Timing
 
 
-class CompareTiming(BaseModel):
+class CompareTiming(Timing):
     queue: float = Field(description="ms from submission to the start of this model's batch")
-    compute: float = Field(description="ms of the batch's predictor call (preprocessing + inference)")
     total: float = Field(description="ms of this model's share: queue, compute, crop and PNG encoding")
 
 

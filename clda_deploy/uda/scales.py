@@ -77,15 +77,13 @@ class MultiResolution:
         self.detail_weight = cfg.hrda.detail_loss_weight
         self.context_scale = cfg.hrda.context_scale
         self.generator = torch.Generator().manual_seed(seed + BOX_SEED_OFFSET)
-        self.last_parts: dict[str, Tensor] = {}
 
     def __call__(self, model: nn.Module, images: Tensor) -> HRDAOutput:
         box = detail_crop_box(tuple(images.shape[-2:]), self.detail_crop, self.generator, self.divisible)
         return model(images, detail_box=box)
 
     def loss(self, output: HRDAOutput, rows: slice, labels: Tensor, weight: Tensor | None = None) -> Tensor:
-        loss, self.last_parts = hrda_loss(output, rows, labels, weight, self.detail_weight)
-        return loss
+        return hrda_loss(output, rows, labels, weight, self.detail_weight)[0]
 
     def context_images(self, images: Tensor) -> Tensor:
         """HRDA's feature distance reads the context features: the images at ``context_scale``."""
@@ -105,8 +103,3 @@ TrainForward = SingleScale | MultiResolution
 def build_train_forward(cfg: Config, seed: int) -> TrainForward:
     """The forward ``uda.method`` names."""
     return MultiResolution(cfg, seed) if cfg.uda.method == "hrda" else SingleScale()
-
-
-def logits_of(output: Tensor | HRDAOutput) -> Tensor:
-    """The full-crop logits of a training forward (HRDA: the fused prediction)."""
-    return output.fused if isinstance(output, HRDAOutput) else output

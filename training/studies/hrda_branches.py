@@ -23,16 +23,13 @@ BRANCHES = {"fused": None, "detail_only": 1.0, "context_only": 0.0}
 def score_branches(checkpoint: str | Path, max_images: int | None = None, progress: bool = False) -> dict[str, float]:
     """``{"fused", "detail_only", "context_only": target-val mIoU}`` of one HRDA model file."""
     import contextlib
-    import dataclasses
 
-    from clda_deploy.checkpoint import load_segmenter, read_config
-    from clda_deploy.evaluation import evaluate, val_dataset
+    from clda_deploy.checkpoint import load_segmenter
+    from clda_deploy.evaluation import eval_config_for, evaluate, val_dataset
     from clda_deploy.metrics import mean_iou
     from clda_deploy.models.hrda import HRDASegmenter
 
-    cfg = read_config(checkpoint)
-    if max_images is not None:
-        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, max_images=max_images))
+    cfg = eval_config_for(checkpoint, None, [], max_images)
     model = load_segmenter(checkpoint)
     if not isinstance(model, HRDASegmenter):
         raise ValueError(f"{checkpoint} is not an HRDA model (uda.method={cfg.uda.method})")
